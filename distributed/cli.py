@@ -1,0 +1,58 @@
+"""The ``varmem`` command line: one parser, subcommands contributed by each package.
+
+Errors a user can fix (bad paths, bad specs, bad configs, an unavailable kernel backend) are
+printed as one ``varmem: error: ...`` line with exit status 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="varmem",
+        description="Memory-augmented generative few-shot models: data, kernels, training.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from episodes.cli import add_data_command
+
+    add_data_command(sub)
+    try:
+        from benchmarks.cli import add_bench_command
+    except ImportError:  # benchmarks are not installed in every layout
+        add_bench_command = None
+    if add_bench_command is not None:
+        add_bench_command(sub)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is the whole story for the user."""
+    from episodes.errors import DataError
+
+    errors: list[type[BaseException]] = [DataError, FileNotFoundError]
+    try:
+        from kernels.dispatch import BackendUnavailable
+
+        errors.append(BackendUnavailable)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as exc:
+        print(f"varmem: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("varmem: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets as Arrow shards and few-shot episodes sampled from them."""

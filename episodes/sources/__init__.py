@@ -1,0 +1,1 @@
+"""Dataset sources: omniglot, lake-runs, folder, strokes (the embedded default)."""
