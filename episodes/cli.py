@@ -1,0 +1,194 @@
+"""``varmem data build|info|verify|show``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from episodes.errors import DataError
+
+SOURCES = ("strokes", "omniglot", "lake-runs", "folder")
+
+
+def add_data_command(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="build, inspect, verify and look at datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    b = dsub.add_parser("build", help="write a dataset directory of Arrow shards from a source",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--source", required=True, choices=SOURCES)
+    b.add_argument("--out", required=True, type=Path, help="dataset directory to create")
+    b.add_argument("--path", action="append", type=Path, default=[],
+                   help="omniglot: zip or folder (repeatable); lake-runs: all_runs.zip or folder; folder: the root")
+    b.add_argument("--size", type=int, default=26, help="image size: 26 = crop 104 + 4×4 max-pool (VMA), 28 = antialiased resize")
+    b.add_argument("--preprocess", choices=("maxpool", "resize"), default=None, help="default: maxpool for 26, resize otherwise")
+    b.add_argument("--split", default="release", choices=("release", "alphabets", "characters"),
+                   help="release: the source's own; alphabets: --heldout-alphabet are test; characters: seeded within-alphabet")
+    b.add_argument("--heldout-alphabet", action="append", default=[], metavar="NAME", help="with --split alphabets (repeatable)")
+    b.add_argument("--heldout-fraction", type=float, default=0.2, help="with --split characters")
+    b.add_argument("--split-seed", type=int, default=0, help="with --split characters")
+    g = b.add_argument_group("strokes (the embedded default)")
+    g.add_argument("--classes", type=int, default=1000)
+    g.add_argument("--alphabets", type=int, default=None, help="default: about 30 classes per alphabet")
+    g.add_argument("--images-per-class", type=int, default=20)
+    g.add_argument("--seed", type=int, default=0)
+    f = b.add_argument_group("folder")
+    f.add_argument("--ink", choices=("auto", "dark", "light"), default="auto", help="ink polarity of the images")
+    b.add_argument("--workers", type=int, default=None, help="processes that load and preprocess (default: all cores)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing dataset directory")
+    b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(func=_build)
+
+    i = dsub.add_parser("info", help="classes, images, shards and bytes per split")
+    i.add_argument("dir", type=Path)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_info)
+
+    v = dsub.add_parser("verify", help="check every shard against the manifest's checksums and row counts")
+    v.add_argument("dir", type=Path)
+    v.set_defaults(func=_verify)
+
+    s = dsub.add_parser("show", help="draw a grid of classes, or one sampled episode, to a PNG")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    s.add_argument("--split", default=None, help="default: the first split")
+    s.add_argument("--classes", type=int, default=8, help="grid: rows (classes)")
+    s.add_argument("--per-class", type=int, default=10, help="grid: images per class")
+    s.add_argument("--episode", action="store_true", help="draw one sampled episode (memory | targets per class)")
+    s.add_argument("--ways", type=int, default=8)
+    s.add_argument("--shots", type=int, default=4)
+    s.add_argument("--targets", type=int, default=4)
+    s.add_argument("--distractors", type=int, default=0)
+    s.add_argument("--alphabet", choices=("any", "within"), default="any")
+    s.add_argument("--index", type=int, default=0, help="episode index (episodes are a pure function of seed and index)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--compare", type=Path, action="append", default=[], metavar="DIR",
+                   help="grid: draw these datasets' grids beside the first (same split name or their first)")
+    s.set_defaults(func=_show)
+
+
+def make_source(args: argparse.Namespace):
+    """The source object for ``--source`` and its options."""
+    paths: list[Path] = args.path
+    if args.source == "strokes":
+        if paths:
+            raise DataError("--path is not used with --source strokes (it needs no files)")
+        from episodes.sources.strokes import StrokesSource
+
+        return StrokesSource(classes=args.classes, alphabets=args.alphabets, images_per_class=args.images_per_class, seed=args.seed)
+    if not paths:
+        raise DataError(f"--source {args.source} needs --path")
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"--path {p} does not exist")
+    if args.source == "omniglot":
+        from episodes.sources.omniglot import OmniglotSource
+
+        return OmniglotSource(paths)
+    if len(paths) != 1:
+        raise DataError(f"--source {args.source} takes one --path, got {len(paths)}")
+    if args.source == "lake-runs":
+        from episodes.sources.lake_runs import LakeRunsSource
+
+        return LakeRunsSource(paths[0])
+    from episodes.sources.folder import FolderSource
+
+    return FolderSource(paths[0], ink=args.ink)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from episodes.build import build_dataset, build_lake_runs
+    from episodes.preprocess import Preprocessing
+    from episodes.splits import SplitPolicy
+
+    pre = Preprocessing(size=args.size, method=args.preprocess) if args.preprocess else Preprocessing.default(args.size)
+    source = make_source(args)
+    if args.source == "lake-runs":
+        if args.split != "release":
+            raise DataError("--split does not apply to lake-runs: the official runs are kept as they are")
+        manifest = build_lake_runs(source, args.out, preprocessing=pre, overwrite=args.overwrite)
+    else:
+        policy = SplitPolicy(policy=args.split, heldout_alphabets=tuple(args.heldout_alphabet),
+                             fraction=args.heldout_fraction, seed=args.split_seed)
+        if not args.quiet:
+            print(f"building {args.out} from {args.source} at {pre.size}×{pre.size} ({pre.method})", file=sys.stderr)
+        manifest = build_dataset(source, args.out, preprocessing=pre, split=policy, overwrite=args.overwrite,
+                                 workers=args.workers, progress=not args.quiet)
+    from episodes.dataset import Dataset
+
+    _print_info(Dataset(args.out.resolve(), manifest).info())
+    print(f"built in {manifest['build']['seconds']:.1f} s")
+    return 0
+
+
+def _print_info(info: dict) -> None:
+    print(f"{info['directory']}: {info['source']} ({info['kind']}), {info['image_shape'][0]}×{info['image_shape'][1]} "
+          f"{info['preprocessing']}, {info['alphabets']} alphabets, split {info['split_policy']}")
+    print(f"  {'split':<12} {'classes':>9} {'images':>10} {'alphabets':>9} {'shards':>6} {'bytes':>12}")
+    for name, s in info["splits"].items():
+        print(f"  {name:<12} {s['classes']:>9} {s['images']:>10} {s['alphabets']:>9} {s['shards']:>6} {s['bytes']:>12,}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from episodes.dataset import Dataset
+
+    info = Dataset.open(args.dir).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from episodes.dataset import Dataset
+
+    ds = Dataset.open(args.dir)
+    problems = ds.verify()
+    n = sum(len(s["shards"]) for s in ds.manifest["splits"].values())
+    if problems:
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        print(f"varmem: error: {len(problems)} of {n} shards do not match {ds.directory / 'manifest.json'}", file=sys.stderr)
+        return 1
+    print(f"ok: {n} shards match the manifest (sha256, rows, class ranges)")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from episodes import show
+    from episodes.dataset import Dataset
+
+    ds = Dataset.open(args.dir)
+    if args.episode:
+        if args.compare:
+            raise DataError("--compare draws class grids; it does not go with --episode")
+        if ds.kind == "lake-runs":
+            from episodes.sampler import LakeRunEpisodes
+
+            runs = LakeRunEpisodes(ds)
+            if not 0 <= args.index < len(runs):
+                raise DataError(f"--index {args.index} is not a run of this dataset (0..{len(runs) - 1})")
+            ep, ways, title = runs.episode(args.index), 20, f"Lake run {runs.runs[args.index]:02d}: memory | target"
+        else:
+            from episodes.sampler import EpisodeSampler
+            from episodes.spec import EpisodeSpec
+
+            spec = EpisodeSpec(split=args.split or ds.split_names[0], ways=args.ways, shots=args.shots, targets=args.targets,
+                               distractors=args.distractors, alphabet=args.alphabet)
+            ep = EpisodeSampler(ds, spec, seed=args.seed).episode(args.index)
+            ways = spec.ways
+            title = f"episode {args.index} (seed {args.seed}) of {spec.split}: memory ({spec.shots}/class) | targets"
+        picture = show.labelled(show.episode_picture(ep, ways), title)
+    else:
+        pictures = []
+        for d in [args.dir] + args.compare:
+            other = ds if d == args.dir else Dataset.open(d)
+            split = args.split if args.split in other.split_names else other.split_names[0]
+            grid = show.class_grid(other, split, classes=args.classes, per_class=args.per_class, seed=args.seed)
+            pictures.append(show.labelled(grid, f"{other.manifest['source']['name']} / {split}"))
+        picture = show.side_by_side(pictures)
+    path = show.save_png(picture, args.out)
+    print(f"wrote {path} ({picture.shape[1]}×{picture.shape[0]})")
+    return 0
