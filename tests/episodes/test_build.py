@@ -172,20 +172,11 @@ def test_empty_class_is_an_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ray_data_reads_the_shards(tmp_path):
-    pytest.importorskip("ray")
-    import ray
-
+@pytest.mark.ray
+def test_ray_data_reads_the_shards(tmp_path, ray_session):
     from episodes.dataset import to_ray_dataset
 
     build(tmp_path)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        rds = to_ray_dataset(tmp_path / "ds", split="evaluation")
-        assert rds.count() == 80
-        assert sorted({r["class_id"] for r in rds.take_all()}) == [8, 9, 10, 11]
-    finally:
-        if started:
-            ray.shutdown()
+    rds = to_ray_dataset(tmp_path / "ds", split="evaluation")
+    assert rds.count() == 80
+    assert sorted({r["class_id"] for r in rds.take_all()}) == [8, 9, 10, 11]

@@ -43,7 +43,7 @@ class TinySource:
         imgs = (rng.random((n, self.size, self.size)) < 0.1).astype(np.uint8) * 255
         imgs[:, :8, :8] = 0
         # 4×4 blocks so that the values survive the 26-px max-pool: block (0,0) = class, (0,1) = item
-        imgs[:, 0:4, 0:4] = k + 1
+        imgs[:, 0:4, 0:4] = k % 255 + 1
         for i in range(n):
             imgs[i, 0:4, 4:8] = i + 1
         return imgs
