@@ -256,6 +256,9 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
             class_base += ways
         file = "lake-runs-00000.arrow"
         all_images = np.concatenate(images)
+        order = np.argsort(np.asarray(cols["class_id"]), kind="stable")  # shards are sorted by class
+        all_images = all_images[order]
+        cols = {k: [v[i] for i in order] for k, v in cols.items()}
         meta = write_shard(tmp / file, cols, all_images, schema(s, s, lake_runs=True))
         manifest["splits"] = {"lake-runs": {
             "classes": class_base, "images": int(all_images.shape[0]), "runs": len(runs),

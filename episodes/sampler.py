@@ -192,6 +192,7 @@ class LakeRunEpisodes:
         self._role = np.asarray(table.column("role").to_pylist())
         self._label = table.column("label").to_numpy().astype(np.int64)
         self._class = split.shards[0].class_id.astype(np.int64)
+        self._item = table.column("item").to_numpy().astype(np.int64)
         self.runs = sorted(set(self._run.tolist()))
         self._scale, self._binarize, self._threshold = 1.0 / 255.0, binarize, threshold
 
@@ -202,7 +203,8 @@ class LakeRunEpisodes:
         run = self.runs[i]
         mem = np.flatnonzero((self._run == run) & (self._role == "memory"))
         tgt = np.flatnonzero((self._run == run) & (self._role == "target"))
-        mem = mem[np.argsort(self._label[mem], kind="stable")]
+        mem = mem[np.argsort(self._label[mem], kind="stable")]  # memory in class order: label = position
+        tgt = tgt[np.argsort(self._item[tgt], kind="stable")]  # targets in the official item order
 
         def images(rows):
             x = self._images[rows]
