@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import harness
-
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
 
@@ -91,6 +89,7 @@ def _ray_rates(dataset_dir: str, workers: int, episodes: int) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    from benchmarks import harness
     from episodes.build import build_dataset
     from episodes.preprocess import Preprocessing
     from episodes.sources.strokes import StrokesSource

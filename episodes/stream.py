@@ -40,6 +40,7 @@ class EpisodeStream:
         batch: int = 1,
         step: int = 0,
         prefetch: int = 4,
+        pin_memory: bool = False,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -51,6 +52,7 @@ class EpisodeStream:
         self.spec, self.seed, self.rank, self.world_size, self.batch = spec, int(seed), rank, world_size, batch
         self.step = step  # the next step __next__ returns
         self.prefetch = max(0, prefetch)
+        self.pin_memory = pin_memory  # pin batches in the producer so .to(cuda, non_blocking=True) overlaps
         self.wait_seconds = 0.0  # time __next__ spent blocked on the prefetch queue
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
@@ -71,7 +73,10 @@ class EpisodeStream:
         return range(first, first + self.batch)
 
     def make(self, step: int) -> EpisodeBatch:
-        return self.sampler.batch(self.indices(step))
+        batch = self.sampler.batch(self.indices(step))
+        if self.pin_memory:
+            batch = EpisodeBatch(**{k: v.pin_memory() for k, v in vars(batch).items()})
+        return batch
 
     # --- iteration with prefetch --------------------------------------------------------------
     def __iter__(self) -> "EpisodeStream":
