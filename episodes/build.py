@@ -103,7 +103,7 @@ def _commit(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _base_manifest(source_name: str, options: dict, pre: Preprocessing, kind: str) -> dict[str, Any]:
+def _base_manifest(source: Any, pre: Preprocessing, kind: str) -> dict[str, Any]:
     try:
         from importlib.metadata import version
 
@@ -116,7 +116,7 @@ def _base_manifest(source_name: str, options: dict, pre: Preprocessing, kind: st
         "kind": kind,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "varmem_version": vm_version,
-        "source": {"name": source_name, "options": options},
+        "source": {"name": source.name, "version": getattr(source, "version", None), "options": source.options()},
         "preprocessing": pre.describe(),
         "image_shape": [pre.size, pre.size],
     }
@@ -142,7 +142,7 @@ def build_dataset(
     split_names = split.assign(records)
     tmp = _prepare_out(out, overwrite)
     try:
-        manifest = _base_manifest(source.name, source.options(), preprocessing, "classes")
+        manifest = _base_manifest(source, preprocessing, "classes")
         manifest["split"] = split.describe()
         alphabets = sorted({r.alphabet for r in records})
         alphabet_id = {a: i for i, a in enumerate(alphabets)}
@@ -232,7 +232,7 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
     tmp = _prepare_out(out, overwrite)
     try:
         s = preprocessing.size
-        manifest = _base_manifest(source.name, source.options(), preprocessing, "lake-runs")
+        manifest = _base_manifest(source, preprocessing, "lake-runs")
         manifest["split"] = {"policy": "official-runs"}
         manifest["alphabets"] = [f"run{r.run:02d}" for r in runs]
         cols: dict[str, list] = {k: [] for k in ("class_id", "alphabet_id", "split", "character", "item", "name", "run", "role", "label")}

@@ -33,6 +33,7 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--alphabets", type=int, default=None, help="default: about 30 classes per alphabet")
     g.add_argument("--images-per-class", type=int, default=20)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--evaluation-fraction", type=float, default=0.25, help="share of alphabets in the evaluation split")
     f = b.add_argument_group("folder")
     f.add_argument("--ink", choices=("auto", "dark", "light"), default="auto", help="ink polarity of the images")
     b.add_argument("--workers", type=int, default=None, help="processes that load and preprocess (default: all cores)")
@@ -76,7 +77,8 @@ def make_source(args: argparse.Namespace):
             raise DataError("--path is not used with --source strokes (it needs no files)")
         from episodes.sources.strokes import StrokesSource
 
-        return StrokesSource(classes=args.classes, alphabets=args.alphabets, images_per_class=args.images_per_class, seed=args.seed)
+        return StrokesSource(classes=args.classes, alphabets=args.alphabets, images_per_class=args.images_per_class, seed=args.seed,
+                             evaluation_fraction=args.evaluation_fraction)
     if not paths:
         raise DataError(f"--source {args.source} needs --path")
     for p in paths:
