@@ -8,7 +8,47 @@ from kernels.dispatch import BackendUnavailable, use_backend
 __all__ = ["BackendUnavailable", "use_backend"]
 
 # --- memory addressing / memory read (kernels/memory_addressing.py, kernels/memory_read.py) ---
+from kernels.memory_addressing import (  # noqa: E402
+    MemoryAddressingOutput,
+    memory_addressing,
+    memory_addressing_reference,
+    memory_log_softmax,
+)
+from kernels.memory_read import memory_read, memory_read_reference  # noqa: E402
+
+__all__ += [
+    "MemoryAddressingOutput",
+    "memory_addressing",
+    "memory_addressing_reference",
+    "memory_log_softmax",
+    "memory_read",
+    "memory_read_reference",
+]
 
 # --- VIMCO (kernels/vimco.py) ---
+from kernels.vimco import (  # noqa: E402
+    VimcoOutput,
+    vimco,
+    vimco_reference,
+    vimco_surrogate,
+    vimco_surrogate_reference,
+)
+
+__all__ += ["VimcoOutput", "vimco", "vimco_reference", "vimco_surrogate", "vimco_surrogate_reference"]
 
 # --- Gaussian-kernel attention (kernels/gaussian_attention.py) ---
+from kernels.gaussian_attention import (  # noqa: E402
+    gaussian_filterbanks,
+    gaussian_read,
+    gaussian_read_reference,
+    gaussian_write,
+    gaussian_write_reference,
+)
+
+__all__ += [
+    "gaussian_filterbanks",
+    "gaussian_read",
+    "gaussian_read_reference",
+    "gaussian_write",
+    "gaussian_write_reference",
+]

@@ -1,0 +1,116 @@
+"""Backend selection: VARMEM_KERNELS, use_backend, auto on CPU, and the refusal message."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import kernels.dispatch as dispatch
+from kernels import BackendUnavailable, gaussian_read, use_backend, vimco
+from kernels.dispatch import choose, requested_backend
+
+# ``kernels.vimco`` is the function (the package re-exports it), so fetch the modules by name.
+vimco_module = importlib.import_module("kernels.vimco")
+gaussian_attention = importlib.import_module("kernels.gaussian_attention")
+
+ALWAYS = {"triton": lambda: None, "reference": lambda: None}
+
+
+class _FakeCuda:
+    """Stands in for a CUDA tensor in ``choose`` (which only asks ``is_cuda``)."""
+
+    is_cuda = True
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv("VARMEM_KERNELS", raising=False)
+
+
+@pytest.mark.parametrize("value,expected", [("triton", "triton"), ("reference", "reference"), ("auto", "auto"),
+                                            (" Reference ", "reference"), ("", "auto")])
+def test_env_var_selects_backend(monkeypatch, value, expected):
+    monkeypatch.setenv("VARMEM_KERNELS", value)
+    assert requested_backend() == expected
+
+
+def test_default_is_auto():
+    assert requested_backend() == "auto"
+
+
+def test_context_manager_takes_priority_over_env(monkeypatch):
+    monkeypatch.setenv("VARMEM_KERNELS", "reference")
+    with use_backend("triton"):
+        assert requested_backend() == "triton"
+        assert choose("op", [torch.zeros(1)], ALWAYS) == "triton"
+        with use_backend("auto"):
+            assert requested_backend() == "auto"
+        assert requested_backend() == "triton"
+    assert requested_backend() == "reference"
+    assert choose("op", [torch.zeros(1)], ALWAYS) == "reference"
+
+
+def test_invalid_env_value_raises(monkeypatch):
+    monkeypatch.setenv("VARMEM_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="VARMEM_KERNELS='cuda'"):
+        requested_backend()
+    with pytest.raises(ValueError, match="VARMEM_KERNELS"):
+        vimco(torch.randn(2, 3))
+
+
+def test_invalid_context_value_raises():
+    with pytest.raises(ValueError, match="'fast'"):
+        with use_backend("fast"):
+            pass
+
+
+def test_auto_takes_reference_for_cpu_tensors(monkeypatch):
+    # Even in interpreter mode: the interpreter is for tests, reached only by forcing triton.
+    monkeypatch.setattr(dispatch, "interpret_mode", lambda: True)
+    assert choose("op", [torch.zeros(1)], ALWAYS) == "reference"
+
+    def no_triton(*args, **kwargs):
+        raise AssertionError("the Triton path was taken for CPU tensors under auto")
+
+    monkeypatch.setattr(vimco_module.Vimco, "apply", no_triton)
+    monkeypatch.setattr(gaussian_attention.GaussianRead, "apply", no_triton)
+    vimco(torch.randn(3, 4))
+    gaussian_read(torch.randn(2, 1, 8, 8), torch.zeros(2, 5), 3)
+
+
+def test_auto_prefers_triton_on_cuda_and_falls_back():
+    assert choose("op", [_FakeCuda()], ALWAYS) == "triton"
+    refusing = {"triton": lambda: "K too large", "reference": lambda: None}
+    assert choose("op", [_FakeCuda()], refusing) == "reference"
+
+
+def test_forced_triton_without_interpreter_names_every_backend(monkeypatch):
+    monkeypatch.setattr(dispatch, "interpret_mode", lambda: False)
+    with use_backend("triton"), pytest.raises(BackendUnavailable) as info:
+        vimco(torch.randn(3, 4))
+    msg = str(info.value)
+    assert "vimco" in msg and "requested: triton" in msg
+    assert "- triton:" in msg and "Triton needs CUDA tensors" in msg
+    assert "- reference:" in msg and "'triton' was requested" in msg
+    with use_backend("triton"), pytest.raises(BackendUnavailable, match="gaussian_read") as info:
+        gaussian_read(torch.randn(2, 1, 8, 8), torch.zeros(2, 5), 3)
+    assert "- triton:" in str(info.value) and "- reference:" in str(info.value)
+
+
+def test_forced_triton_refuses_mixed_dtypes():
+    if not (torch.cuda.is_available() or dispatch.interpret_mode()):
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(2, 1, 8, 8, device=device)
+    with use_backend("triton"), pytest.raises(BackendUnavailable, match="mixed dtypes"):
+        gaussian_read(x, torch.zeros(2, 5, dtype=torch.float64, device=device), 3)
+    # The reference serves the same call.
+    with use_backend("reference"):
+        assert gaussian_read(x, torch.zeros(2, 5, dtype=torch.float64, device=device), 3).dtype == torch.float32
+
+
+def test_forced_reference_serves_any_device():
+    with use_backend("reference"):
+        out = vimco(torch.randn(3, 4))
+    assert out.bound.shape == (3,)
