@@ -6,6 +6,7 @@ no directory that looks complete (and the temporary one is removed on errors).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import multiprocessing
 import os
@@ -82,7 +83,10 @@ def _load_all(source: Source, pre: Preprocessing, records: list[ClassRecord], wo
 
 
 # --- directory handling -------------------------------------------------------------------------
-def _prepare_out(out: Path, overwrite: bool) -> Path:
+@contextlib.contextmanager
+def _atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden temporary directory beside ``out``; rename it to ``out`` when the block
+    completes, remove it when the block raises. An existing ``out`` is replaced only on success."""
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
@@ -90,17 +94,18 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{secrets.token_hex(3)}"
     tmp.mkdir()
-    return tmp
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.replaced-{secrets.token_hex(3)}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.replaced-{secrets.token_hex(3)}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _base_manifest(source: Any, pre: Preprocessing, kind: str) -> dict[str, Any]:
@@ -140,8 +145,7 @@ def build_dataset(
     if not records:
         raise DataError(f"source {source.name} has no classes")
     split_names = split.assign(records)
-    tmp = _prepare_out(out, overwrite)
-    try:
+    with _atomic_directory(out, overwrite) as tmp:
         manifest = _base_manifest(source, preprocessing, "classes")
         manifest["split"] = split.describe()
         alphabets = sorted({r.alphabet for r in records})
@@ -215,10 +219,6 @@ def build_dataset(
         n_images = sum(i["images"] for i in splits.values())
         manifest["build"] = {"seconds": round(seconds, 3), "images_per_s": round(n_images / max(seconds, 1e-9), 1), "workers": workers}
         write_manifest(tmp, manifest)
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -229,8 +229,7 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
     runs = source.runs()
     if not runs:
         raise DataError(f"{source.options().get('path', 'lake-runs source')}: no runs found")
-    tmp = _prepare_out(out, overwrite)
-    try:
+    with _atomic_directory(out, overwrite) as tmp:
         s = preprocessing.size
         manifest = _base_manifest(source, preprocessing, "lake-runs")
         manifest["split"] = {"policy": "official-runs"}
@@ -268,8 +267,4 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
         }}
         manifest["build"] = {"seconds": round(time.perf_counter() - t0, 3)}
         write_manifest(tmp, manifest)
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
