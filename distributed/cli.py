@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     from episodes.cli import add_data_command
 
     add_data_command(sub)
+    from distributed.cli_train import add_train_commands
+
+    add_train_commands(sub)
     try:
         from benchmarks.cli import add_bench_command
     except ImportError:  # benchmarks are not installed in every layout
@@ -31,7 +34,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is the whole story for the user."""
     from episodes.errors import DataError
 
-    errors: list[type[BaseException]] = [DataError, FileNotFoundError]
+    from distributed.config import ConfigError, TrainingDiverged
+
+    errors: list[type[BaseException]] = [DataError, ConfigError, TrainingDiverged, FileNotFoundError]
     try:
         from kernels.dispatch import BackendUnavailable
 

@@ -1,0 +1,699 @@
+"""The training loop, a pure function of its config: ``train(config) -> final metrics``.
+
+One loop for every setting: ``varmem train`` calls it in-process (rank 0 of 1), the Ray Train
+worker calls the same function with a :class:`TrainContext` that carries its rank, world size,
+device and report callback. Everything a run does follows from the config:
+
+* seeds: torch, numpy and Python are seeded with ``train.seed`` before the model is built (the
+  same initial parameters on every rank), then with a seed derived from (seed, rank) for the
+  training noise; episodes are a pure function of (dataset, spec, seed, episode index);
+* steps: ``EpisodeStream`` batch → ``model.objective(memory, targets, K)`` → backward → the
+  context's gradient all-reduce (a no-op in-process) → global-norm clipping → Adam;
+* every ``log_every`` steps a progress line and a ``metrics.jsonl`` row; every ``val_every``
+  steps the validation NLL bound on fixed seeded episodes of the eval split, computed with its
+  own forked torch RNG so that validating never changes the training trajectory;
+* every ``checkpoint_every`` steps and at the end an atomic checkpoint (``.tmp`` then rename)
+  holding model, optimizer, step, config, the torch/numpy/Python RNG states and the stream
+  state; the newest ``keep_checkpoints`` are kept;
+* ``resume=True`` continues from the newest checkpoint in the run directory exactly: the same
+  episodes, the same noise, the same parameters, step for step, as a run that never stopped.
+
+Run directory::
+
+    RUN_DIR/config.yaml              the full config, every default filled in
+    RUN_DIR/checkpoints/ckpt-00001000.pt
+    RUN_DIR/metrics.jsonl            one JSON object per log line ("kind": "train" | "val")
+    RUN_DIR/final_metrics.json       written at the end (atomically)
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from distributed.config import (
+    CONFIG_FILE,
+    FACTORY_KEY,
+    ConfigError,
+    RunConfig,
+    TrainingDiverged,
+    atomic_write_text,
+    model_config_class,
+    model_config_from_dict,
+    resolve_factory,
+)
+from episodes.dataset import Dataset
+from episodes.sampler import EpisodeBatch, EpisodeSampler
+from episodes.stream import EpisodeStream
+from models.base import FewShotGenerativeModel
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+FINAL_FILE = "final_metrics.json"
+CHECKPOINT_FORMAT = 1
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+
+# Fields that may change when a run is resumed: they do not change the training trajectory.
+RESUMABLE_CHANGES = (
+    "train.steps", "train.log_every", "train.val_every", "train.val_episodes", "train.val_samples", "train.val_seed",
+    "train.eval_batch", "train.chunk", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
+    "data.dir", "run.out",
+)
+
+
+# --- the context: where the loop runs ---------------------------------------------------------
+
+
+@dataclass
+class TrainContext:
+    """Where a call of :func:`train` runs. The default is one process: rank 0 of 1, no-op hooks.
+
+    A Ray Train worker passes a subclass (or instance) with its world rank and size, its device,
+    a ``report`` callback (``ray.train.report`` with a checkpoint from rank 0), and overrides the
+    DDP hooks: :meth:`reduce_gradients` (all-reduce mean of every gradient after backward; the
+    models are called through ``objective``, not ``forward``, so DDP's forward hooks would not
+    fire) and :meth:`reduce_metrics` (mean of the logged values over ranks).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device | str | None = None  # None: the config's train.device
+    report: Callable[[dict[str, Any], Path | None], None] | None = None  # (metrics, checkpoint or None) at every log
+    log: Callable[[str], None] | None = None  # progress lines; default: print to stdout on rank 0
+    quiet: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- DDP hooks (in-process: nothing to do) ---
+    def prepare_model(self, model: FewShotGenerativeModel) -> FewShotGenerativeModel:
+        """Called once after the model is on its device and its state is loaded (e.g. to broadcast parameters)."""
+        return model
+
+    def reduce_gradients(self, model: FewShotGenerativeModel) -> None:
+        """After backward, before clipping: all-reduce (mean) every gradient over ranks."""
+
+    def reduce_metrics(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of a vector of logged values over ranks."""
+        return values
+
+    def emit(self, line: str) -> None:
+        if self.quiet or not self.is_main:
+            return
+        if self.log is not None:
+            self.log(line)
+        else:
+            print(line, flush=True)
+
+
+# --- seeding and RNG state --------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global RNG and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def noise_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s training noise (posterior samples): distinct per rank, fixed by the config."""
+    return int(np.random.SeedSequence([seed, rank, 0x766D]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every global RNG state the loop depends on, in types that ``torch.load(weights_only=True)`` reads."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def resolve_device(name: torch.device | str | None, config: RunConfig) -> torch.device:
+    name = name if name is not None else config.train.device
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but torch sees no CUDA device (use cpu or auto)")
+    return torch.device(name)
+
+
+# --- data and model ---------------------------------------------------------------------------
+
+
+def open_dataset(config: RunConfig) -> Dataset:
+    """The config's dataset, its image size checked, both splits able to supply the config's episodes."""
+    dataset = Dataset.open(config.data.dir)
+    size = config.data.image_size
+    if size and tuple(dataset.image_shape) != (size, size):
+        h, w = dataset.image_shape
+        raise ConfigError(f"data.image_size is {size} but {dataset.directory} holds {h}×{w} images "
+                          f"(set data.image_size={h} or build the dataset with --size {size})")
+    for spec in (config.train_spec(), config.eval_spec()):
+        spec.check_against(dataset.split(spec.split), f"split {spec.split!r} of {dataset.directory}")
+    return dataset
+
+
+def build_model(config: RunConfig, image_shape: tuple[int, int]) -> FewShotGenerativeModel:
+    """The config's model: ``models.config.build_model(ModelConfig.from_dict(model), image_shape)``,
+    or ``model.factory``'s callable ``(other model keys, image_shape)`` when the section names one."""
+    section = dict(config.model)
+    factory = section.pop(FACTORY_KEY, None)
+    if factory is not None:
+        model = resolve_factory(factory)(section, tuple(image_shape))
+    else:
+        cls = model_config_class()
+        if cls is None:
+            raise ConfigError("model: models.config is not importable in this installation; "
+                              "set model.factory to a builder 'package.module:function'")
+        from models.config import build_model as build_from_config
+
+        model = build_from_config(model_config_from_dict(cls, section), tuple(image_shape))
+    if not isinstance(model, FewShotGenerativeModel):
+        raise ConfigError(f"the model section built a {type(model).__name__}, not a models.base.FewShotGenerativeModel")
+    return model
+
+
+def eval_batches(dataset: Dataset, config: RunConfig, episodes: int, seed: int) -> Iterator[EpisodeBatch]:
+    """Episodes 0..episodes−1 of the eval spec with ``seed``, in batches of ``train.eval_batch``, one at a time."""
+    sampler = EpisodeSampler(dataset, config.eval_spec(), seed=seed)
+    step = config.train.eval_batch
+    for i in range(0, episodes, step):
+        yield sampler.batch(range(i, min(i + step, episodes)))
+
+
+def validation_batches(dataset: Dataset, config: RunConfig, episodes: int, seed: int) -> list[EpisodeBatch]:
+    """The fixed validation episodes, sampled once and kept for every validation of a run."""
+    return list(eval_batches(dataset, config, episodes, seed))
+
+
+# --- evaluation of a bound --------------------------------------------------------------------
+
+
+def few_shot_accuracy(model: FewShotGenerativeModel, batch: EpisodeBatch) -> torch.Tensor:
+    """Classification by the address posterior: each target's class is the label with the most
+    q(a|x) mass over its memory entries (VMA §4.3, no fine-tuning). Correct or not, float [G, T]."""
+    log_q = model.address_log_posterior(batch.memory, batch.targets)  # [G, T, M]
+    classes = int(batch.memory_labels.max()) + 1
+    onehot = torch.nn.functional.one_hot(batch.memory_labels, classes).to(log_q.dtype)  # [G, M, C]
+    mass = torch.einsum("gtm,gmc->gtc", log_q.exp(), onehot)  # [G, T, C]
+    return (mass.argmax(-1) == batch.target_labels).to(torch.float32)
+
+
+@torch.no_grad()
+def evaluate_bound(
+    model: FewShotGenerativeModel,
+    batches: Iterable[EpisodeBatch],
+    *,
+    samples: int,
+    num_samples: int,
+    chunk: int,
+    seed: int,
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """The K-sample NLL bound (``log_likelihood`` with ``samples``), the objective's KL parts (with
+    ``num_samples``) and, for models with an address, few-shot accuracy, on fixed episodes.
+
+    Runs under a forked torch RNG seeded with ``seed``: the numbers are reproducible and the
+    caller's RNG stream (the training noise) is untouched.
+    """
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    per_episode: dict[str, list[torch.Tensor]] = {k: [] for k in ("log_likelihood", "bound", "reconstruction", "kl_address", "kl_latent", "accuracy")}
+    was_training = model.training
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model.eval()
+        try:
+            done = 0
+            for batch in batches:
+                b = batch.to(device)
+                ll = model.log_likelihood(b.memory, b.targets, samples, chunk=chunk)  # [G, T]
+                obj = model.objective(b.memory, b.targets, num_samples)
+                per_episode["log_likelihood"].append(ll.mean(1).double().cpu())
+                for name in ("bound", "reconstruction", "kl_address", "kl_latent"):
+                    per_episode[name].append(getattr(obj, name).mean(1).double().cpu())
+                if model.has_address:
+                    per_episode["accuracy"].append(few_shot_accuracy(model, b).mean(1).double().cpu())
+                done += b.memory.shape[0]
+                if progress is not None:
+                    progress(done)
+        finally:
+            model.train(was_training)
+    ll = torch.cat(per_episode["log_likelihood"])  # [episodes]
+    n = ll.numel()
+    out = {
+        "nll_bound": float(-ll.mean()),
+        "nll_bound_stderr": float(ll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
+        "samples": samples,
+        "episodes": n,
+        "objective_nll_bound": float(-torch.cat(per_episode["bound"]).mean()),
+        "objective_samples": num_samples,
+        "reconstruction": float(torch.cat(per_episode["reconstruction"]).mean()),
+        "kl_address": float(torch.cat(per_episode["kl_address"]).mean()),
+        "kl_latent": float(torch.cat(per_episode["kl_latent"]).mean()),
+    }
+    if per_episode["accuracy"]:
+        acc = torch.cat(per_episode["accuracy"])
+        out["accuracy"] = float(acc.mean())
+        out["accuracy_stderr"] = float(acc.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return out
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint in ``run_dir``, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: ``ckpt-STEP.tmp``, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ConfigError(f"checkpoint {path} cannot be read: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"checkpoint {path} is not a varmem checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for _, p in list_checkpoints(run_dir)[:-keep]:
+        p.unlink(missing_ok=True)
+
+
+# --- files of the run directory ---------------------------------------------------------------
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows up to ``step``: a resumed run rewrites what came after its checkpoint."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+# Per-step values summed over a logging window, in this order (tensors: no device sync per step).
+_WINDOW = ("loss", "bound", "reconstruction", "kl_address", "kl_latent", "grad_norm")
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: bool | str | Path = False,
+    overwrite: bool = False,
+    context: TrainContext | None = None,
+) -> dict[str, Any]:
+    """Train the model of ``config``; returns the final metrics (also in ``RUN_DIR/final_metrics.json``).
+
+    ``resume``: True continues from the newest checkpoint in ``config.run.out`` (a ConfigError when
+    there is none), a path continues from that checkpoint. A fresh run refuses a run directory that
+    already holds checkpoints unless ``overwrite``. Everything that can fail on user input (dataset,
+    splits, image size, model section, resume compatibility) fails before anything is written.
+    """
+    context = context or TrainContext()
+    config = config.resolve_paths()
+    tc = config.train
+    run_dir = Path(config.run.out)
+    device = resolve_device(context.device, config)
+
+    # 1. checks that need no writes ---------------------------------------------------------
+    dataset = open_dataset(config)
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        source = latest_checkpoint(run_dir) if resume is True else Path(resume)
+        if source is None:
+            raise ConfigError(f"nothing to resume: {run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt "
+                              "(start the run without --resume)")
+        ckpt = load_checkpoint(source)
+        _check_resumable(config, ckpt, source)
+    elif list_checkpoints(run_dir) and not overwrite:
+        last = list_checkpoints(run_dir)[-1][0]
+        raise ConfigError(f"run.out {run_dir} already holds checkpoints (up to step {last}): "
+                          "pass --resume to continue that run or --overwrite to start it again")
+    start = int(ckpt["step"]) if ckpt else 0
+
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    seed_everything(tc.seed)  # the same initial parameters on every rank
+    model = build_model(config, dataset.image_shape).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
+                                 weight_decay=config.optim.weight_decay)
+    seed_everything(noise_seed(tc.seed, context.rank))  # the training noise: per rank
+    stream = EpisodeStream(dataset, config.train_spec(), seed=tc.seed, rank=context.rank, world_size=context.world_size,
+                           batch=tc.episodes_per_step, pin_memory=device.type == "cuda")
+    elapsed_before = 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        stream.load_state_dict(ckpt["stream"])
+        rng = ckpt["rng_by_rank"].get(context.rank)
+        if rng is not None:
+            set_rng_state(rng, device)
+        else:  # a rank the checkpoint has no state for (a new world size): a fresh, config-derived stream
+            seed_everything(noise_seed(tc.seed + start, context.rank))
+        elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+    model = context.prepare_model(model)
+    val_batches = validation_batches(dataset, config, tc.val_episodes, tc.val_seed) if context.is_main else []
+
+    # 2. the run directory -----------------------------------------------------------------------
+    metrics_path = run_dir / METRICS_FILE
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+            for name in (METRICS_FILE, FINAL_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+        for stale in (run_dir / CHECKPOINT_DIR).glob("*.tmp"):
+            stale.unlink(missing_ok=True)
+        config.save(run_dir)
+        if ckpt is not None:
+            _truncate_metrics(metrics_path, start)
+        else:
+            metrics_path.unlink(missing_ok=True)
+
+    n_params = sum(p.numel() for p in params)
+    context.emit(f"{'resuming' if ckpt else 'training'} {type(model).__name__} ({n_params:,} parameters) on {device} "
+                 f"for steps {start + 1}..{tc.steps} → {run_dir}")
+    context.emit(f"  episodes: {config.train_spec().ways}-way, {config.train_spec().shots} shots, "
+                 f"{config.train_spec().targets} targets, {tc.episodes_per_step}×{context.world_size} per step "
+                 f"from {dataset.directory.name}/{config.data.train_split}; K={tc.num_samples}")
+
+    # 3. the loop --------------------------------------------------------------------------------
+    window = torch.zeros(len(_WINDOW), dtype=torch.float64, device=device)
+    window_steps, window_t0, window_wait0 = 0, time.perf_counter(), stream.wait_seconds
+    run_t0 = time.perf_counter()
+    last_train: dict[str, Any] = {}
+    last_val: dict[str, Any] = {}
+    last_ckpt: Path | None = None
+    paused = 0.0  # seconds spent validating and checkpointing inside the current logging window
+    max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+
+    width = len(str(tc.steps))
+
+    def _check_finite(values: dict[str, float], step: int) -> None:
+        if not all(math.isfinite(v) for v in values.values()):
+            raise TrainingDiverged(
+                f"step {step}: loss {values['loss']}, gradient norm {values['grad_norm']} are not finite; "
+                f"the last checkpoint is {last_ckpt or latest_checkpoint(run_dir) or 'none'}: "
+                f"lower optim.lr ({config.optim.lr}) or set optim.grad_clip")
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - run_t0
+
+    def validate(step: int) -> None:
+        nonlocal last_val, paused
+        t0 = time.perf_counter()
+        if context.is_main:
+            core = unwrap(model)
+            last_val = {"kind": "val", "step": step, **evaluate_bound(
+                core, val_batches, samples=tc.val_samples, num_samples=tc.num_samples, chunk=tc.chunk,
+                seed=tc.val_seed, device=device)}
+            _append_jsonl(metrics_path, last_val)
+            acc = f" | acc {last_val['accuracy']:.3f}" if "accuracy" in last_val else ""
+            context.emit(f"val   step {step:>{width}} | NLL bound {last_val['nll_bound']:.2f} ± {last_val['nll_bound_stderr']:.2f} nats "
+                         f"(K={tc.val_samples}, {last_val['episodes']} episodes of {config.data.eval_split}) | "
+                         f"KL(a) {last_val['kl_address']:.3f} KL(z) {last_val['kl_latent']:.2f}{acc}")
+        paused += time.perf_counter() - t0
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_ckpt, paused
+        t0 = time.perf_counter()
+        if context.is_main:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "step": step,
+                "config": config.to_dict(),
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                # the in-process loop holds its own rank's state; the Ray issue gathers every rank's here
+                "rng_by_rank": {context.rank: rng_state(device)},
+                "stream": stream.state_dict(),
+                "world_size": context.world_size,
+                "elapsed_s": elapsed(),
+                "metrics": {k: v for k, v in last_train.items() if isinstance(v, (int, float, str))},
+            }
+            last_ckpt = save_checkpoint(checkpoint_path(run_dir, step), state)
+            prune_checkpoints(run_dir, tc.keep_checkpoints)
+        paused += time.perf_counter() - t0
+        if context.report is not None:
+            context.report(dict(last_train, step=step), last_ckpt if context.is_main else None)
+
+    if ckpt is not None and start == tc.steps and (run_dir / FINAL_FILE).is_file():
+        stream.close()
+        context.emit(f"{run_dir} is complete at step {start}")
+        return json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
+    step = start
+    try:
+        for step in range(start + 1, tc.steps + 1):
+            batch = next(stream).to(device, non_blocking=True)
+            core = unwrap(model)
+            obj = core.objective(batch.memory, batch.targets, tc.num_samples)
+            optimizer.zero_grad(set_to_none=True)
+            obj.loss.backward()
+            context.reduce_gradients(core)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            optimizer.step()
+            window += torch.stack([obj.loss.detach(), obj.bound.detach().mean(), obj.reconstruction.detach().mean(),
+                                   obj.kl_address.detach().mean(), obj.kl_latent.detach().mean(),
+                                   grad_norm.detach()]).to(torch.float64)
+            window_steps += 1
+
+            is_log = step % tc.log_every == 0 or step == tc.steps
+            is_ckpt = step % tc.checkpoint_every == 0 or step == tc.steps
+            if is_log:
+                seconds = time.perf_counter() - window_t0 - paused
+                values = dict(zip(_WINDOW, context.reduce_metrics(window / window_steps).tolist()))
+                _check_finite(values, step)
+                wait = stream.wait_seconds - window_wait0
+                last_train = {
+                    "kind": "train", "step": step, **values, "nll_bound": -values["bound"], "lr": optimizer.param_groups[0]["lr"],
+                    "episodes_per_s": window_steps * tc.episodes_per_step * context.world_size / max(seconds, 1e-9),
+                    "data_wait": wait / max(seconds, 1e-9),
+                    "eta_s": (tc.steps - step) * seconds / window_steps, "elapsed_s": elapsed(),
+                }
+                if context.is_main:
+                    _append_jsonl(metrics_path, last_train)
+                context.emit(
+                    f"step {step:>{width}}/{tc.steps} | loss {values['loss']:.2f} | bound {values['bound']:.2f} | "
+                    f"KL(a) {values['kl_address']:.3f} KL(z) {values['kl_latent']:.2f} | |g| {values['grad_norm']:.1f} | "
+                    f"{last_train['episodes_per_s']:.1f} ep/s | wait {100 * last_train['data_wait']:.0f}% | "
+                    f"ETA {_fmt_time(last_train['eta_s'])}")
+                if context.report is not None and not is_ckpt:
+                    context.report(dict(last_train), None)
+                window.zero_()
+                window_steps, paused = 0, 0.0
+                window_t0, window_wait0 = time.perf_counter(), stream.wait_seconds
+            elif is_ckpt:  # never checkpoint a diverged model
+                _check_finite(dict(zip(_WINDOW, context.reduce_metrics(window / window_steps).tolist())), step)
+            if (tc.val_every and step % tc.val_every == 0) or step == tc.steps:
+                validate(step)
+            if is_ckpt:
+                checkpoint(step)
+        if step == start and ckpt is not None:  # resumed at the last step: only the final validation is missing
+            validate(step)
+            last_ckpt = source
+    finally:
+        stream.close()
+
+    final = {
+        "step": step,
+        "steps": tc.steps,
+        "run_dir": str(run_dir),
+        "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "resumed_from": start if ckpt else None,
+        "elapsed_s": elapsed(),
+        "train": {k: v for k, v in last_train.items() if k != "kind"},
+        "val": {k: v for k, v in last_val.items() if k != "kind"},
+    }
+    if context.is_main:
+        atomic_write_text(run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")
+        context.emit(f"done: step {step}, val NLL bound {last_val.get('nll_bound', float('nan')):.2f} nats, "
+                     f"{_fmt_time(final['elapsed_s'])} → {run_dir / FINAL_FILE}")
+    return final
+
+
+def unwrap(model: torch.nn.Module) -> FewShotGenerativeModel:
+    """The model inside a DDP-style wrapper (``.module``), or the model itself."""
+    return getattr(model, "module", model)
+
+
+def _check_resumable(config: RunConfig, ckpt: dict[str, Any], source: Path) -> None:
+    """A resumed run must follow the same trajectory: only the fields in RESUMABLE_CHANGES may differ."""
+    try:
+        saved = RunConfig.from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise ConfigError(f"checkpoint {source} holds a config this version cannot read: {exc}") from None
+    changed = [d for d in saved.differences(config) if d.split(":")[0] not in RESUMABLE_CHANGES]
+    if changed:
+        raise ConfigError(f"cannot resume from {source}: the config differs in {'; '.join(changed)} "
+                          f"(only {', '.join(RESUMABLE_CHANGES)} may change; start a new run directory instead)")
+    if int(ckpt["step"]) > config.train.steps:
+        raise ConfigError(f"checkpoint {source} is at step {ckpt['step']}, past train.steps={config.train.steps}")
+
+
+# --- a trained run, for evaluation ------------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    """A run directory opened for evaluation: what ``models.evaluation.evaluate(run, ...)`` receives."""
+
+    run_dir: Path
+    config: RunConfig
+    model: FewShotGenerativeModel  # in eval mode, on ``device``, with the checkpoint's parameters
+    step: int
+    checkpoint: Path
+    dataset: Dataset
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None) -> LoadedRun:
+    """Open ``run_dir`` (its config.yaml and newest checkpoint, or ``checkpoint``) for evaluation."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"{run_dir / CONFIG_FILE} is missing: {run_dir} is not a varmem run directory")
+    config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
+    source = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
+    if source is None:
+        raise ConfigError(f"{run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt: train the run first")
+    state = load_checkpoint(source)
+    dev = resolve_device(device, config)
+    dataset = open_dataset(config)
+    model = build_model(config, dataset.image_shape)
+    model.load_state_dict(state["model"])
+    model.to(dev).eval()
+    return LoadedRun(run_dir=run_dir, config=config, model=model, step=int(state["step"]), checkpoint=source,
+                     dataset=dataset, device=dev)
+
+
+def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, seed: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """The test NLL bound with ``samples`` importance samples, its KL parts and (address models) accuracy
+    on ``episodes`` fixed episodes of the eval split; plus the evaluation protocol's results when
+    ``models.evaluation`` exists."""
+    if samples < 1 or episodes < 1:
+        raise ConfigError(f"--samples and --episodes must be ≥ 1, got {samples} and {episodes}")
+    seed = run.config.train.val_seed if seed is None else seed
+    spec = run.config.eval_spec()
+    batches = eval_batches(run.dataset, run.config, episodes, seed)
+
+    every = max(1, episodes // 10)
+    shown = 0
+
+    def report(done: int) -> None:
+        nonlocal shown
+        if progress and (done - shown >= every or done == episodes):
+            shown = done
+            print(f"  {done}/{episodes} episodes", file=sys.stderr, flush=True)
+
+    result: dict[str, Any] = {
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "step": run.step,
+        "split": spec.split,
+        "episode": {"ways": spec.ways, "shots": spec.shots, "targets": spec.targets, "distractors": spec.distractors,
+                    "alphabet": spec.alphabet, "targets_from_memory": spec.targets_from_memory},
+        "seed": seed,
+        **evaluate_bound(run.model, batches, samples=samples, num_samples=run.config.train.num_samples,
+                         chunk=run.config.train.chunk, seed=seed, device=run.device, progress=report),
+    }
+    # ---- EVALUATION PROTOCOL HOOK ------------------------------------------------------------
+    # models/evaluation.py (NLL tables vs memory size, classification accuracies with CIs, Lake
+    # runs, pictures) plugs in here: evaluate(run: LoadedRun, *, samples, episodes, seed) -> dict.
+    # Its results go under "protocol"; without the module the field is absent.
+    if importlib.util.find_spec("models.evaluation") is not None:
+        protocol = importlib.import_module("models.evaluation")
+        result["protocol"] = protocol.evaluate(run, samples=samples, episodes=episodes, seed=seed)
+    # ------------------------------------------------------------------------------------------
+    return result
+

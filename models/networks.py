@@ -1,0 +1,248 @@
+"""Encoders and decoders of the VMA paper (Bornschein et al. 2017, appendix / section 4).
+
+Two architectures share one interface, so that VMA and its baselines are written once:
+
+* :class:`Pyramid` ``(images [N, 1, H, W]) -> list of features, fine to coarse``; the last one is
+  the *top*, flattened to ``top_dim`` for MLP heads. The features are the skip connections.
+* :class:`Decoder` ``(context [N, C], skips | None) -> Bernoulli logits [N, 1, H, W]``.
+* :class:`MLPHead`: the "MLP with one hidden layer" from a flat feature to 2|z| (Gaussian
+  parameters) or to an embedding in the 128-d matching space.
+
+``conv`` (Omniglot, 26×26 or 28×28): 6 conv layers 3×3, every second one stride 2 (8× down):
+
+    layer    1      2      3      4      5      6
+    stride   1      2      1      2      1      2
+    26×26 → 26  →  13  →  13  →   7  →   7  →   4      (padding 1: ⌈n/2⌉ per stride-2 layer)
+    28×28 → 28  →  14  →  14  →   7  →   7  →   4
+    skips: outputs of layers 1, 3, 5 (full, ½, ¼ resolution) and 6 (the top, ⅛).
+
+The decoder mirrors it: the context is mapped by a linear layer to the top's shape, concatenated
+with the top skip, then three stages of [3×3 transposed conv stride 2 to the next pyramid size
+(``output_size`` makes it exactly 7/13/26 or 7/14/28), concat the skip of that size, 3×3 conv],
+and a final 3×3 conv to one channel of logits. Without skips (the VAE), the same layers run with
+the skip inputs left out.
+
+``mlp`` (MNIST-like, 28×28): pyramid = hidden layers 256 → 128 of an MLP; decoder = 128 → 256
+→ H·W with the pyramid's 128- and 256-d features concatenated at the matching layer.
+
+Optional per-stage *context bias* (``context_bias=True``): a linear map of the context added as a
+per-channel bias after every decoder stage, so the context reaches every resolution. The
+soft-attention baseline uses it to condition on its memory read r (a skip-like path for r).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+CONV_LAYERS = 6
+
+
+def pyramid_sizes(size: int) -> list[int]:
+    """Spatial sizes of the conv pyramid's skips for an image side ``size``: [n, ⌈n/2⌉, ⌈n/4⌉, ⌈n/8⌉]."""
+    sizes = [size]
+    for _ in range(3):
+        sizes.append((sizes[-1] - 1) // 2 + 1)  # 3×3, stride 2, padding 1
+    return sizes
+
+
+def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
+    """Linear layers with ReLU between them (and after the last one if ``final_activation``)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MLPHead(nn.Module):
+    """in_dim → (hidden →) out_dim; ``hidden=None`` makes it one linear layer."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None):
+        super().__init__()
+        self.net = mlp([in_dim, out_dim] if hidden is None else [in_dim, hidden, out_dim])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in_dim] → [..., out_dim]
+        return self.net(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pyramids (encoders up to the flat top feature)
+# ---------------------------------------------------------------------------------------------
+
+
+class Pyramid(nn.Module):
+    """Images [N, 1, H, W] → skip features fine to coarse; ``skip_shapes``, ``top_dim``."""
+
+    skip_shapes: list[tuple[int, ...]]  # per skip, without N
+
+    @property
+    def top_dim(self) -> int:
+        return math.prod(self.skip_shapes[-1])
+
+    def top(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The top feature flattened: [N, top_dim]."""
+        return features[-1].flatten(1)
+
+
+class ConvPyramid(Pyramid):
+    def __init__(self, image_shape: tuple[int, int], channels: tuple[int, ...], in_channels: int = 1):
+        super().__init__()
+        if len(channels) != CONV_LAYERS:
+            raise ValueError(f"ConvPyramid: channels must have {CONV_LAYERS} entries, got {channels}")
+        H, W = image_shape
+        hs, ws = pyramid_sizes(H), pyramid_sizes(W)
+        self.convs = nn.ModuleList()
+        c_in = in_channels
+        for i, c in enumerate(channels):
+            self.convs.append(nn.Conv2d(c_in, c, 3, stride=2 if i % 2 else 1, padding=1))
+            c_in = c
+        # skips after layers 1, 3, 5, 6 (index 0, 2, 4, 5)
+        self.skip_layers = (0, 2, 4, 5)
+        self.skip_shapes = [(channels[i], hs[j], ws[j]) for j, i in enumerate(self.skip_layers)]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        h = images  # [N, 1, H, W]
+        skips = []
+        for i, conv in enumerate(self.convs):
+            h = F.relu(conv(h))  # [N, c_i, ...]
+            if i in self.skip_layers:
+                skips.append(h)
+        return skips  # [N, c1, H, W], [N, c3, H/2, W/2], [N, c5, H/4, W/4], [N, c6, H/8, W/8]
+
+
+class MLPPyramid(Pyramid):
+    def __init__(self, image_shape: tuple[int, int], hidden: tuple[int, ...]):
+        super().__init__()
+        H, W = image_shape
+        sizes = [H * W, *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.skip_shapes = [(h,) for h in hidden]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        h = images.flatten(1)  # [N, H·W]
+        skips = []
+        for layer in self.layers:
+            h = F.relu(layer(h))
+            skips.append(h)
+        return skips  # [N, 256], [N, 128]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders (Bernoulli logits)
+# ---------------------------------------------------------------------------------------------
+
+
+class Decoder(nn.Module):
+    """context [N, C] (and skips from a :class:`Pyramid`, fine to coarse) → logits [N, 1, H, W]."""
+
+    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ConvDecoder(Decoder):
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        channels: tuple[int, ...],
+        context_dim: int,
+        *,
+        skips: bool,
+        context_bias: bool = False,
+    ):
+        super().__init__()
+        H, W = image_shape
+        hs, ws = pyramid_sizes(H), pyramid_sizes(W)
+        # channels per stage, coarse to fine: the pyramid's skip channels (layers 6, 5, 3, 1)
+        stage_c = [channels[5], channels[4], channels[2], channels[0]]
+        self.sizes = [(hs[j], ws[j]) for j in (3, 2, 1, 0)]  # coarse to fine
+        self.use_skips = skips
+        self.top = nn.Linear(context_dim, stage_c[0] * hs[3] * ws[3])
+        extra = stage_c if skips else [0, 0, 0, 0]
+        self.convs = nn.ModuleList([nn.Conv2d(stage_c[0] + extra[0], stage_c[0], 3, padding=1)])
+        self.ups = nn.ModuleList()
+        for s in range(1, 4):
+            self.ups.append(nn.ConvTranspose2d(stage_c[s - 1], stage_c[s], 3, stride=2, padding=1))
+            self.convs.append(nn.Conv2d(stage_c[s] + extra[s], stage_c[s], 3, padding=1))
+        self.out = nn.Conv2d(stage_c[3], 1, 3, padding=1)
+        self.biases = nn.ModuleList(nn.Linear(context_dim, c) for c in stage_c) if context_bias else None
+        self.stage_c = stage_c
+
+    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if self.use_skips != (skips is not None):
+            raise ValueError(f"ConvDecoder built with skips={self.use_skips} but called with skips={skips is not None}")
+        N = context.shape[0]
+        coarse = skips[::-1] if skips is not None else None  # coarse to fine
+        h = F.relu(self.top(context)).view(N, self.stage_c[0], *self.sizes[0])  # [N, c6, H/8, W/8]
+        for s in range(4):
+            if s > 0:
+                h = F.relu(self.ups[s - 1](h, output_size=self.sizes[s]))  # [N, c_s, h_s, w_s]
+            if coarse is not None:
+                h = torch.cat([h, coarse[s]], dim=1)  # skip connection from m's pyramid
+            h = self.convs[s](h)
+            if self.biases is not None:
+                h = h + self.biases[s](context)[:, :, None, None]
+            h = F.relu(h)
+        return self.out(h)  # [N, 1, H, W] logits
+
+
+class MLPDecoder(Decoder):
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        hidden: tuple[int, ...],
+        context_dim: int,
+        *,
+        skips: bool,
+        context_bias: bool = False,
+    ):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        widths = list(hidden[::-1])  # 128, 256
+        self.use_skips = skips
+        self.layers = nn.ModuleList()
+        prev = context_dim
+        for w in widths:
+            self.layers.append(nn.Linear(prev + (w if skips else 0), w))
+            prev = w
+        self.out = nn.Linear(prev, math.prod(image_shape))
+        self.biases = nn.ModuleList(nn.Linear(context_dim, w) for w in widths) if context_bias else None
+
+    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if self.use_skips != (skips is not None):
+            raise ValueError(f"MLPDecoder built with skips={self.use_skips} but called with skips={skips is not None}")
+        coarse = skips[::-1] if skips is not None else None  # [N, 128], [N, 256]
+        h = context
+        for s, layer in enumerate(self.layers):
+            if coarse is not None:
+                h = torch.cat([h, coarse[s]], dim=-1)
+            h = layer(h)
+            if self.biases is not None:
+                h = h + self.biases[s](context)
+            h = F.relu(h)
+        return self.out(h).view(-1, 1, *self.image_shape)  # [N, 1, H, W] logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Factories from a ModelConfig
+# ---------------------------------------------------------------------------------------------
+
+
+def build_pyramid(config, image_shape: tuple[int, int]) -> Pyramid:
+    if config.architecture == "conv":
+        return ConvPyramid(image_shape, config.channels)
+    return MLPPyramid(image_shape, config.mlp_hidden)
+
+
+def build_decoder(config, image_shape: tuple[int, int], context_dim: int, *, skips: bool, context_bias: bool = False) -> Decoder:
+    if config.architecture == "conv":
+        return ConvDecoder(image_shape, config.channels, context_dim, skips=skips, context_bias=context_bias)
+    return MLPDecoder(image_shape, config.mlp_hidden, context_dim, skips=skips, context_bias=context_bias)
+
+
+def head_hidden(config) -> int | None:
+    """Hidden width of the MLP heads: one hidden layer for conv (paper), none for the MLP net."""
+    return config.hidden if config.architecture == "conv" else None
