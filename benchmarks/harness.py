@@ -13,13 +13,14 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from episodes.files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -161,18 +162,6 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(
     rows: Sequence[dict[str, Any]],
     out: str | os.PathLike,
@@ -200,8 +189,8 @@ def write_results(
     writer.writeheader()
     writer.writerows(merged)
     csv_path, json_path = out.with_suffix(".csv"), out.with_suffix(".json")
-    _atomic_write_text(csv_path, buf.getvalue())
-    _atomic_write_text(json_path, json.dumps({"environment": env, **(extra or {}), "rows": list(rows)}, indent=2, default=str))
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(json_path, json.dumps({"environment": env, **(extra or {}), "rows": list(rows)}, indent=2, default=str))
     return csv_path, json_path
 
 

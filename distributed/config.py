@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -31,6 +29,7 @@ from typing import Any, ClassVar
 import yaml
 
 from episodes.errors import DataError
+from episodes.files import atomic_write_text as _atomic_write_text
 from episodes.spec import ALPHABET_MODES, BINARIZE_MODES, EpisodeSpec
 
 CONFIG_FILE = "config.yaml"
@@ -591,15 +590,4 @@ def set_path(raw: dict[str, Any], key: str, value: Any, item: str) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write_text(path, text)

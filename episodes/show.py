@@ -5,8 +5,7 @@ upscaled by an integer factor so that 26×26 characters are readable.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from episodes.dataset import Dataset
 from episodes.errors import DataError
+from episodes.files import atomic_write
 from episodes.sampler import Episode
 
 BG = 255  # white paper
@@ -96,13 +96,7 @@ def save_png(picture: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise DataError(f"--out must name a .png file, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        Image.fromarray(picture).save(tmp, format="PNG", optimize=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, format="PNG", optimize=True)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
     return path
