@@ -753,7 +753,10 @@ def memory_addressing_sample(
         # P(split s | b) = Z_s / Z with Z_s = exp(m_s) Σ_s
         log_z = split_max + torch.log(split_sumexp)  # [G, S, B]
         probs = torch.softmax(log_z.to(torch.float64), dim=1).permute(0, 2, 1).reshape(G * B, S)
-        split = torch.multinomial(probs, K, replacement=True, generator=generator)  # [G*B, K]
+        if S == 1:  # one split: the draw is certain; consume the generator exactly as the reference does
+            split = torch.zeros(G * B, K, dtype=torch.int64, device=dev)
+        else:
+            split = torch.multinomial(probs, K, replacement=True, generator=generator)  # [G*B, K]
         u = torch.rand(G * B, K, generator=generator, device=dev, dtype=torch.float64)
         g_idx = torch.arange(G, device=dev).repeat_interleave(B * K)  # [N]
         b_idx = torch.arange(B, device=dev).repeat_interleave(K).repeat(G)  # [N]
