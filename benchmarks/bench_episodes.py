@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             import ray
 
             harness.progress("starting Ray ...")
-            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False, configure_logging=False)
             try:
                 for workers in (1, 2):
                     harness.progress(f"timing {args.episodes} episodes in each of {workers} Ray worker(s) ...")

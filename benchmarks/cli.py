@@ -1,4 +1,4 @@
-"""``varmem bench kernels|episodes``: run the benchmark modules from the command line.
+"""``varmem bench kernels|episodes|distributed``: run the benchmark modules from the command line.
 
 Each ``benchmarks/bench_<stem>.py`` exposes ``add_arguments(parser)`` and ``run(args) -> rows``
 and is also runnable as ``python -m benchmarks.bench_<stem>``.
@@ -12,7 +12,7 @@ KERNEL_STEMS = ("memory_addressing", "memory_read", "vimco", "gaussian_attention
 
 
 def add_bench_command(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="microbenchmarks: kernels, episode sampling")
+    bench = sub.add_parser("bench", help="microbenchmarks: kernels, episode sampling, distributed training")
     bench_sub = bench.add_subparsers(dest="bench_target", required=True, metavar="TARGET")
 
     kernels = bench_sub.add_parser("kernels", help="kernel microbenchmarks (triton / eager / torch.compile)")
@@ -23,6 +23,11 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
     episodes = bench_sub.add_parser("episodes", help="dataset build and episode sampling throughput")
     importlib.import_module("benchmarks.bench_episodes").add_arguments(episodes)
     episodes.set_defaults(func=lambda a: importlib.import_module("benchmarks.bench_episodes").run(a) and 0)
+
+    dist = bench_sub.add_parser("distributed", help="training steps/s in-process and on Ray Train (1 and 2 workers), "
+                                "data wait, time to the first step")
+    importlib.import_module("benchmarks.bench_distributed").add_arguments(dist)
+    dist.set_defaults(func=lambda a: importlib.import_module("benchmarks.bench_distributed").run(a) and 0)
 
 
 def _kernel_common_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     from distributed.cli_train import add_train_commands
 
     add_train_commands(sub)
+    from distributed.tune import add_tune_command
+
+    add_tune_command(sub)
     try:
         from benchmarks.cli import add_bench_command
     except ImportError:  # benchmarks are not installed in every layout

@@ -2,7 +2,10 @@
 
     varmem train --config FILE [--set section.key=value ...] [--steps N] [--out RUN_DIR] [--resume] [--overwrite]
     varmem train --resume --out RUN_DIR [--steps N]          (the run's own config.yaml)
+    varmem train ... --workers N [--gpus-per-worker G] [--address ADDR] [--max-failures F]   (Ray Train DDP)
+    python -m distributed.train ...                          (the same flags; the form for `ray job submit`)
     varmem eval RUN_DIR [--samples K] [--episodes N] [--seed S] [--checkpoint FILE] [--json]
+                [--out-dir DIR] [--lake-runs DIR] [--no-pictures] [--classification-episodes N]
 
 Nothing here imports torch until a command runs: ``varmem data ...`` stays light.
 """
@@ -13,17 +16,14 @@ import json
 from pathlib import Path
 
 
+TRAIN_DESCRIPTION = ("Train the model of a YAML run config; see configs/ for examples. --workers 0 (the default) "
+                     "trains in this process without Ray; --workers N trains with Ray Train DDP on N workers.")
+
+
 def add_train_commands(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a model from a run config (single process)",
-                       description="Train the model of a YAML run config; see configs/ for examples.")
-    t.add_argument("--config", type=Path, default=None, help="YAML run config (default with --resume: RUN_DIR/config.yaml)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config field; the value is parsed as YAML and type-checked (repeatable)")
-    t.add_argument("--steps", type=int, default=None, help="shorthand for --set train.steps=N")
-    t.add_argument("--out", type=Path, default=None, help="the run directory (shorthand for --set run.out=DIR)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run directory")
-    t.add_argument("--overwrite", action="store_true", help="start again in a run directory that holds checkpoints")
-    t.add_argument("--quiet", action="store_true", help="no progress lines")
+    t = sub.add_parser("train", help="train a model from a run config (in-process, or Ray Train DDP with --workers N)",
+                       description=TRAIN_DESCRIPTION)
+    add_train_arguments(t)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="test NLL bound, KL parts and few-shot accuracy of a trained run",
@@ -35,7 +35,34 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint file (default: the newest in RUN_DIR)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default: the config's train.device")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--out-dir", type=Path, default=None, help="where the protocol's pictures go (default: RUN_DIR/evaluation)")
+    e.add_argument("--lake-runs", type=Path, default=None, metavar="DIR",
+                   help="also classify Lake's one-shot runs (a `varmem data build --source lake-runs` directory)")
+    e.add_argument("--no-pictures", action="store_true", help="draw no pictures")
+    e.add_argument("--classification-episodes", type=int, default=1000, metavar="N",
+                   help="episodes per N-way K-shot classification task")
     e.set_defaults(func=_eval)
+
+
+def add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """The flags of ``varmem train`` (shared with ``python -m distributed.train``)."""
+    t.add_argument("--config", type=Path, default=None, help="YAML run config (default with --resume: RUN_DIR/config.yaml)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config field; the value is parsed as YAML and type-checked (repeatable)")
+    t.add_argument("--steps", type=int, default=None, help="shorthand for --set train.steps=N")
+    t.add_argument("--out", type=Path, default=None, help="the run directory (shorthand for --set run.out=DIR)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run directory")
+    t.add_argument("--overwrite", action="store_true", help="start again in a run directory that holds checkpoints")
+    t.add_argument("--quiet", action="store_true", help="no progress lines")
+    r = t.add_argument_group("Ray Train (distributed/ray_train.py)")
+    r.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="Ray Train workers, one DDP rank each (0 = in-process, no Ray); each samples its own episodes")
+    r.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per worker (nccl when > 0, else gloo)")
+    r.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join: host:port, or auto for the one `ray start` runs on this machine "
+                        "(default: RAY_ADDRESS, else a private cluster started for the run)")
+    r.add_argument("--max-failures", type=int, default=2, metavar="F",
+                   help="worker-group restarts from the last checkpoint after a worker dies (default 2; -1 = no limit)")
 
 
 def load_train_config(args: argparse.Namespace):
@@ -58,10 +85,27 @@ def load_train_config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    config = load_train_config(args)
-    from distributed.train_loop import TrainContext, train
+    from distributed.config import ConfigError
 
-    train(config, resume=args.resume, overwrite=args.overwrite, context=TrainContext(quiet=args.quiet))
+    config = load_train_config(args)
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be ≥ 0 (0 = in-process), got {args.workers}")
+    from distributed.ray_train import check_job_paths
+
+    check_job_paths(config)
+    if args.workers == 0:
+        if args.gpus_per_worker or args.address:
+            raise ConfigError("--gpus-per-worker and --address are for Ray runs: add --workers N "
+                              "(the in-process trainer uses train.device)")
+        from distributed.train_loop import TrainContext, train
+
+        train(config, resume=args.resume, overwrite=args.overwrite, context=TrainContext(quiet=args.quiet))
+        return 0
+    from distributed.ray_train import Launch, train_distributed
+
+    launch = Launch(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
+                    max_failures=args.max_failures)
+    train_distributed(config, launch, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     return 0
 
 
@@ -69,7 +113,10 @@ def _eval(args: argparse.Namespace) -> int:
     from distributed.train_loop import evaluate_run, load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    result = evaluate_run(run, samples=args.samples, episodes=args.episodes, seed=args.seed, progress=not args.json)
+    options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,
+               "classification_episodes": args.classification_episodes}
+    result = evaluate_run(run, samples=args.samples, episodes=args.episodes, seed=args.seed, progress=not args.json,
+                          protocol_options=options)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -86,7 +133,8 @@ def _eval(args: argparse.Namespace) -> int:
     if "accuracy" in result:
         print(f"  few-shot accuracy (q(a|x)) {100 * result['accuracy']:9.2f} ± {100 * result['accuracy_stderr']:.2f} %")
     if "protocol" in result:
-        print("  evaluation protocol:")
-        print("    " + json.dumps(result["protocol"], indent=2).replace("\n", "\n    "))
+        from models.evaluation import format_tables
+
+        print(format_tables(result["protocol"]))
     return 0
 

@@ -271,6 +271,7 @@ class OptimConfig(Section):
 
 
 DEVICES = ("auto", "cpu", "cuda")
+NOISE_MODES = ("episode", "rank")
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,12 @@ class TrainConfig(Section):
     # torch intra-op CPU threads; 0 = torch's default. On a shared 2-core machine (load ≈ 5) an 8-step run of a
     # tiny model took 4–12 s with 2 threads and 0.3–0.6 s with 1: oversubscribed threads stall each other.
     threads: int = 0
+    # Where the posterior samples' noise comes from. "episode": each episode's noise is seeded by (seed, its
+    # global episode index), so a run is the same whatever the number of workers (W workers × G episodes per
+    # step == 1 process × W·G, within float tolerance): one objective call per episode. "rank": one stream
+    # per rank seeded by (seed, rank) and one batched objective call over the rank's G episodes: faster when
+    # episodes_per_step > 1, but the trajectory depends on the number of workers.
+    noise: str = "episode"
 
     def validate(self) -> None:
         for name in ("steps", "episodes_per_step", "num_samples", "log_every", "val_episodes", "val_samples",
@@ -304,6 +311,7 @@ class TrainConfig(Section):
         self._require(self.val_seed >= 0, "val_seed", "≥ 0")
         self._require(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
         self._require(self.threads >= 0, "threads", "≥ 0 (0 = torch's default)")
+        self._require(self.noise in NOISE_MODES, "noise", f"one of {', '.join(NOISE_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -311,6 +319,7 @@ class RunSection(Section):
     section: ClassVar[str] = "run"
 
     out: str = "runs/default"  # the run directory: config.yaml, checkpoints/, metrics.jsonl, final_metrics.json
+    tensorboard: bool = True  # write TensorBoard events to RUN_DIR/tensorboard (rank 0)
 
     def validate(self) -> None:
         self._require(bool(self.out), "out", "a directory")

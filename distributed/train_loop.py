@@ -5,16 +5,19 @@ worker calls the same function with a :class:`TrainContext` that carries its ran
 device and report callback. Everything a run does follows from the config:
 
 * seeds: torch, numpy and Python are seeded with ``train.seed`` before the model is built (the
-  same initial parameters on every rank), then with a seed derived from (seed, rank) for the
-  training noise; episodes are a pure function of (dataset, spec, seed, episode index);
+  same initial parameters on every rank); the training noise is seeded per episode by (seed,
+  global episode index) (``train.noise: episode``, the default: the same run whatever the
+  number of workers) or per rank by (seed, rank) (``train.noise: rank``); episodes are a pure
+  function of (dataset, spec, seed, episode index);
 * steps: ``EpisodeStream`` batch → ``model.objective(memory, targets, K)`` → backward → the
   context's gradient all-reduce (a no-op in-process) → global-norm clipping → Adam;
-* every ``log_every`` steps a progress line and a ``metrics.jsonl`` row; every ``val_every``
-  steps the validation NLL bound on fixed seeded episodes of the eval split, computed with its
-  own forked torch RNG so that validating never changes the training trajectory;
+* every ``log_every`` steps a progress line, a ``metrics.jsonl`` row and TensorBoard scalars;
+  every ``val_every`` steps the validation NLL bound on fixed seeded episodes of the eval split,
+  computed with its own forked torch RNG so that validating never changes the training
+  trajectory, and TensorBoard pictures (one-shot samples, q(a|x));
 * every ``checkpoint_every`` steps and at the end an atomic checkpoint (``.tmp`` then rename)
-  holding model, optimizer, step, config, the torch/numpy/Python RNG states and the stream
-  state; the newest ``keep_checkpoints`` are kept;
+  holding model, optimizer, step, config, every rank's torch/numpy/Python RNG states and the
+  stream state; the newest ``keep_checkpoints`` are kept;
 * ``resume=True`` continues from the newest checkpoint in the run directory exactly: the same
   episodes, the same noise, the same parameters, step for step, as a run that never stopped.
 
@@ -24,6 +27,8 @@ Run directory::
     RUN_DIR/checkpoints/ckpt-00001000.pt
     RUN_DIR/metrics.jsonl            one JSON object per log line ("kind": "train" | "val")
     RUN_DIR/final_metrics.json       written at the end (atomically)
+    RUN_DIR/tensorboard/             TensorBoard events (``run.tensorboard``; see distributed/tensorboard.py)
+    RUN_DIR/ray/                     Ray Train's storage of a ``--workers N`` run (distributed/ray_train.py)
 """
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ from distributed.config import (
 from episodes.dataset import Dataset
 from episodes.sampler import EpisodeBatch, EpisodeSampler
 from episodes.stream import EpisodeStream
-from models.base import FewShotGenerativeModel
+from models.base import FewShotGenerativeModel, Objective
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -70,8 +75,9 @@ _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 RESUMABLE_CHANGES = (
     "train.steps", "train.log_every", "train.val_every", "train.val_episodes", "train.val_samples", "train.val_seed",
     "train.eval_batch", "train.chunk", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
-    "data.dir", "run.out",
+    "data.dir", "run.out", "run.tensorboard",
 )
+TENSORBOARD_DIR = "tensorboard"
 
 
 # --- the context: where the loop runs ---------------------------------------------------------
@@ -92,6 +98,7 @@ class TrainContext:
     world_size: int = 1
     device: torch.device | str | None = None  # None: the config's train.device
     report: Callable[[dict[str, Any], Path | None], None] | None = None  # (metrics, checkpoint or None) at every log
+    report_logs: bool = True  # report every log line (else only checkpoints: with their metrics, from every rank)
     log: Callable[[str], None] | None = None  # progress lines; default: print to stdout on rank 0
     quiet: bool = False
 
@@ -110,6 +117,10 @@ class TrainContext:
     def reduce_metrics(self, values: torch.Tensor) -> torch.Tensor:
         """Mean of a vector of logged values over ranks."""
         return values
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order; a collective: every rank calls it."""
+        return [value]
 
     def emit(self, line: str) -> None:
         if self.quiet or not self.is_main:
@@ -133,6 +144,11 @@ def seed_everything(seed: int) -> None:
 def noise_seed(seed: int, rank: int) -> int:
     """The seed of rank ``rank``'s training noise (posterior samples): distinct per rank, fixed by the config."""
     return int(np.random.SeedSequence([seed, rank, 0x766D]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def episode_noise_seed(seed: int, index: int) -> int:
+    """The seed of the training noise of the episode with global index ``index`` (``train.noise: episode``)."""
+    return int(np.random.SeedSequence([seed, index, 0x6570]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -219,6 +235,37 @@ def eval_batches(dataset: Dataset, config: RunConfig, episodes: int, seed: int) 
 def validation_batches(dataset: Dataset, config: RunConfig, episodes: int, seed: int) -> list[EpisodeBatch]:
     """The fixed validation episodes, sampled once and kept for every validation of a run."""
     return list(eval_batches(dataset, config, episodes, seed))
+
+
+# --- the objective of a training step ---------------------------------------------------------
+
+
+def training_objective(model: FewShotGenerativeModel, batch: EpisodeBatch, indices: list[int], num_samples: int, *,
+                       noise: str, seed: int) -> Objective:
+    """The objective of one rank's G episodes, with the noise of ``train.noise``.
+
+    "rank": one batched call; the noise comes from the rank's global RNG stream. "episode": one call
+    per episode, the global RNGs seeded first by (seed, the episode's global index), so that every
+    episode gets the same noise whichever rank, and with whichever companions, it is trained. The
+    loss is the mean of the episodes' losses (every episode has the same T targets: the mean over
+    all G·T targets, as in the batched call); the gradient all-reduce then averages over ranks, so
+    W ranks × G episodes step exactly as one process with W·G (up to float rounding).
+    """
+    if noise == "rank":
+        return model.objective(batch.memory, batch.targets, num_samples)
+    parts = []
+    for g, index in enumerate(indices):
+        seed_everything(episode_noise_seed(seed, index))
+        parts.append(model.objective(batch.memory[g : g + 1], batch.targets[g : g + 1], num_samples))
+    if len(parts) == 1:
+        return parts[0]
+    return Objective(
+        loss=torch.stack([o.loss for o in parts]).mean(),
+        bound=torch.cat([o.bound for o in parts]),  # [G, T]
+        reconstruction=torch.cat([o.reconstruction for o in parts]),
+        kl_address=torch.cat([o.kl_address for o in parts]),
+        kl_latent=torch.cat([o.kl_latent for o in parts]),
+    )
 
 
 # --- evaluation of a bound --------------------------------------------------------------------
@@ -348,6 +395,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def clear_run_dir(run_dir: Path) -> None:
+    """What a run starting again (``--overwrite``) removes: checkpoints, metrics, final metrics, events."""
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+    for name in (METRICS_FILE, FINAL_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step in a checkpoint's file name (``ckpt-00001000.pt`` → 1000)."""
+    m = _CKPT_RE.match(Path(path).name)
+    if not m:
+        raise ConfigError(f"{path} is not named like a checkpoint (ckpt-<step>.pt)")
+    return int(m.group(1))
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for _, p in list_checkpoints(run_dir)[:-keep]:
         p.unlink(missing_ok=True)
@@ -383,6 +446,30 @@ def _fmt_time(seconds: float) -> str:
 _WINDOW = ("loss", "bound", "reconstruction", "kl_address", "kl_latent", "grad_norm")
 
 
+def check_run(config: RunConfig, *, resume: bool | str | Path = False,
+              overwrite: bool = False) -> tuple[Dataset, Path | None, dict[str, Any] | None]:
+    """The checks of a run that need no writes: the dataset (image size, splits able to supply the
+    episodes), the checkpoint to resume from and its compatibility, a fresh run's empty run directory.
+    Returns (dataset, checkpoint path, checkpoint state); both None for a fresh run. The Ray driver
+    calls it before any worker starts; :func:`train` calls it first."""
+    config = config.resolve_paths()
+    run_dir = Path(config.run.out)
+    dataset = open_dataset(config)
+    if resume:
+        source = latest_checkpoint(run_dir) if resume is True else Path(resume)
+        if source is None:
+            raise ConfigError(f"nothing to resume: {run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt "
+                              "(start the run without --resume)")
+        ckpt = load_checkpoint(source)
+        _check_resumable(config, ckpt, source)
+        return dataset, source, ckpt
+    if list_checkpoints(run_dir) and not overwrite:
+        last = list_checkpoints(run_dir)[-1][0]
+        raise ConfigError(f"run.out {run_dir} already holds checkpoints (up to step {last}): "
+                          "pass --resume to continue that run or --overwrite to start it again")
+    return dataset, None, None
+
+
 def train(
     config: RunConfig,
     *,
@@ -397,6 +484,7 @@ def train(
     already holds checkpoints unless ``overwrite``. Everything that can fail on user input (dataset,
     splits, image size, model section, resume compatibility) fails before anything is written.
     """
+    started_at = time.time()
     context = context or TrainContext()
     config = config.resolve_paths()
     tc = config.train
@@ -404,19 +492,7 @@ def train(
     device = resolve_device(context.device, config)
 
     # 1. checks that need no writes ---------------------------------------------------------
-    dataset = open_dataset(config)
-    ckpt: dict[str, Any] | None = None
-    if resume:
-        source = latest_checkpoint(run_dir) if resume is True else Path(resume)
-        if source is None:
-            raise ConfigError(f"nothing to resume: {run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt "
-                              "(start the run without --resume)")
-        ckpt = load_checkpoint(source)
-        _check_resumable(config, ckpt, source)
-    elif list_checkpoints(run_dir) and not overwrite:
-        last = list_checkpoints(run_dir)[-1][0]
-        raise ConfigError(f"run.out {run_dir} already holds checkpoints (up to step {last}): "
-                          "pass --resume to continue that run or --overwrite to start it again")
+    dataset, source, ckpt = check_run(config, resume=resume, overwrite=overwrite)
     start = int(ckpt["step"]) if ckpt else 0
 
     if tc.threads:
@@ -450,9 +526,9 @@ def train(
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite and not resume:
-            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-            for name in (METRICS_FILE, FINAL_FILE):
-                (run_dir / name).unlink(missing_ok=True)
+            clear_run_dir(run_dir)
+        if ckpt is None:  # a fresh run: no events of an earlier attempt
+            shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
         for stale in (run_dir / CHECKPOINT_DIR).glob("*.tmp"):
             stale.unlink(missing_ok=True)
         config.save(run_dir)
@@ -465,8 +541,9 @@ def train(
     context.emit(f"{'resuming' if ckpt else 'training'} {type(model).__name__} ({n_params:,} parameters) on {device} "
                  f"for steps {start + 1}..{tc.steps} → {run_dir}")
     context.emit(f"  episodes: {config.train_spec().ways}-way, {config.train_spec().shots} shots, "
-                 f"{config.train_spec().targets} targets, {tc.episodes_per_step}×{context.world_size} per step "
-                 f"from {dataset.directory.name}/{config.data.train_split}; K={tc.num_samples}")
+                 f"{config.train_spec().targets} targets, {tc.episodes_per_step}×{context.world_size} = "
+                 f"{tc.episodes_per_step * context.world_size} per step from {dataset.directory.name}/{config.data.train_split}; "
+                 f"K={tc.num_samples}; noise per {tc.noise}")
 
     # 3. the loop --------------------------------------------------------------------------------
     window = torch.zeros(len(_WINDOW), dtype=torch.float64, device=device)
@@ -476,7 +553,15 @@ def train(
     last_val: dict[str, Any] = {}
     last_ckpt: Path | None = None
     paused = 0.0  # seconds spent validating and checkpointing inside the current logging window
+    writer = None  # TensorBoard events (rank 0, run.tensorboard)
+    first_step_at: float | None = None
     max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+    has_address = bool(unwrap(model).has_address)
+    log_train_m, log_eval_m = math.log(config.train_spec().memory_size), math.log(config.eval_spec().memory_size)
+
+    def memory_use(row: dict[str, Any], log_m: float) -> dict[str, float]:
+        """KL(q(a|x) || p(a)) / log|M|: the share of the memory's capacity the addresses use (address models)."""
+        return {"memory_use": row["kl_address"] / log_m} if has_address and log_m > 0 else {}
 
     width = len(str(tc.steps))
 
@@ -498,7 +583,11 @@ def train(
             last_val = {"kind": "val", "step": step, **evaluate_bound(
                 core, val_batches, samples=tc.val_samples, num_samples=tc.num_samples, chunk=tc.chunk,
                 seed=tc.val_seed, device=device)}
+            last_val.update(memory_use(last_val, log_eval_m))
             _append_jsonl(metrics_path, last_val)
+            if writer is not None:
+                writer.validation(last_val, step)
+                writer.pictures(core, dataset, config, step)
             acc = f" | acc {last_val['accuracy']:.3f}" if "accuracy" in last_val else ""
             context.emit(f"val   step {step:>{width}} | NLL bound {last_val['nll_bound']:.2f} ± {last_val['nll_bound_stderr']:.2f} nats "
                          f"(K={tc.val_samples}, {last_val['episodes']} episodes of {config.data.eval_split}) | "
@@ -508,6 +597,7 @@ def train(
     def checkpoint(step: int) -> None:
         nonlocal last_ckpt, paused
         t0 = time.perf_counter()
+        rngs = context.gather(rng_state(device))  # every rank's RNG state (a collective: all ranks call it)
         if context.is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
@@ -515,8 +605,7 @@ def train(
                 "config": config.to_dict(),
                 "model": unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
-                # the in-process loop holds its own rank's state; the Ray issue gathers every rank's here
-                "rng_by_rank": {context.rank: rng_state(device)},
+                "rng_by_rank": dict(enumerate(rngs)),
                 "stream": stream.state_dict(),
                 "world_size": context.world_size,
                 "elapsed_s": elapsed(),
@@ -532,17 +621,26 @@ def train(
         stream.close()
         context.emit(f"{run_dir} is complete at step {start}")
         return json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
+    if context.is_main and config.run.tensorboard:
+        from distributed.tensorboard import RunWriter
+
+        # a resumed run hides the events an interrupted attempt wrote after its checkpoint
+        writer = RunWriter(run_dir / TENSORBOARD_DIR, purge_step=start + 1 if ckpt is not None else None)
     step = start
     try:
         for step in range(start + 1, tc.steps + 1):
-            batch = next(stream).to(device, non_blocking=True)
+            host = next(stream)
+            indices = host.index.tolist()  # global episode indices: the noise keys of train.noise=episode
+            batch = host.to(device, non_blocking=True)
             core = unwrap(model)
-            obj = core.objective(batch.memory, batch.targets, tc.num_samples)
+            obj = training_objective(core, batch, indices, tc.num_samples, noise=tc.noise, seed=tc.seed)
             optimizer.zero_grad(set_to_none=True)
             obj.loss.backward()
             context.reduce_gradients(core)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             optimizer.step()
+            if first_step_at is None:
+                first_step_at = time.time()
             window += torch.stack([obj.loss.detach(), obj.bound.detach().mean(), obj.reconstruction.detach().mean(),
                                    obj.kl_address.detach().mean(), obj.kl_latent.detach().mean(),
                                    grad_norm.detach()]).to(torch.float64)
@@ -560,19 +658,23 @@ def train(
                     "episodes_per_s": window_steps * tc.episodes_per_step * context.world_size / max(seconds, 1e-9),
                     "data_wait": wait / max(seconds, 1e-9),
                     "eta_s": (tc.steps - step) * seconds / window_steps, "elapsed_s": elapsed(),
+                    "process_cpu_s": time.process_time(),  # this process's CPU time so far (all its threads)
+                    **memory_use(values, log_train_m),
                 }
                 if context.is_main:
                     _append_jsonl(metrics_path, last_train)
+                if writer is not None:
+                    writer.train(last_train, step)
                 context.emit(
                     f"step {step:>{width}}/{tc.steps} | loss {values['loss']:.2f} | bound {values['bound']:.2f} | "
                     f"KL(a) {values['kl_address']:.3f} KL(z) {values['kl_latent']:.2f} | |g| {values['grad_norm']:.1f} | "
                     f"{last_train['episodes_per_s']:.1f} ep/s | wait {100 * last_train['data_wait']:.0f}% | "
                     f"ETA {_fmt_time(last_train['eta_s'])}")
-                if context.report is not None and not is_ckpt:
-                    context.report(dict(last_train), None)
                 window.zero_()
                 window_steps, paused = 0, 0.0
                 window_t0, window_wait0 = time.perf_counter(), stream.wait_seconds
+                if context.report is not None and context.report_logs and not is_ckpt:  # its time counts in the next window
+                    context.report(dict(last_train), None)
             elif is_ckpt:  # never checkpoint a diverged model
                 _check_finite(dict(zip(_WINDOW, context.reduce_metrics(window / window_steps).tolist())), step)
             if (tc.val_every and step % tc.val_every == 0) or step == tc.steps:
@@ -582,6 +684,10 @@ def train(
         if step == start and ckpt is not None:  # resumed at the last step: only the final validation is missing
             validate(step)
             last_ckpt = source
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
     finally:
         stream.close()
 
@@ -592,11 +698,18 @@ def train(
         "checkpoint": str(last_ckpt) if last_ckpt else None,
         "resumed_from": start if ckpt else None,
         "elapsed_s": elapsed(),
+        "started_at": started_at,  # Unix times: train() called, the first step of this call done
+        "first_step_at": first_step_at,
+        "world_size": context.world_size,
+        "episodes_per_step": tc.episodes_per_step * context.world_size,  # the global batch: the sum over ranks
         "train": {k: v for k, v in last_train.items() if k != "kind"},
         "val": {k: v for k, v in last_val.items() if k != "kind"},
     }
     if context.is_main:
         atomic_write_text(run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")
+        if writer is not None:
+            writer.hparams(config, final)
+            writer.close()
         context.emit(f"done: step {step}, val NLL bound {last_val.get('nll_bound', float('nan')):.2f} nats, "
                      f"{_fmt_time(final['elapsed_s'])} → {run_dir / FINAL_FILE}")
     return final
@@ -657,10 +770,11 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
 
 
 def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, seed: int | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, protocol_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The test NLL bound with ``samples`` importance samples, its KL parts and (address models) accuracy
     on ``episodes`` fixed episodes of the eval split; plus the evaluation protocol's results when
-    ``models.evaluation`` exists."""
+    ``models.evaluation`` exists (``protocol_options``: more keyword arguments of its ``evaluate``,
+    e.g. ``out_dir``, ``lake_runs``, ``pictures``, ``classification_episodes``)."""
     if samples < 1 or episodes < 1:
         raise ConfigError(f"--samples and --episodes must be ≥ 1, got {samples} and {episodes}")
     seed = run.config.train.val_seed if seed is None else seed
@@ -693,7 +807,9 @@ def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, se
     # Its results go under "protocol"; without the module the field is absent.
     if importlib.util.find_spec("models.evaluation") is not None:
         protocol = importlib.import_module("models.evaluation")
-        result["protocol"] = protocol.evaluate(run, samples=samples, episodes=episodes, seed=seed)
+        options = {"progress": (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
+                   **(protocol_options or {})}
+        result["protocol"] = protocol.evaluate(run, samples=samples, episodes=episodes, seed=seed, **options)
     # ------------------------------------------------------------------------------------------
     return result
 

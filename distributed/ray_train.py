@@ -1,0 +1,257 @@
+"""``varmem train --workers N``: the Ray Train driver.
+
+The driver checks everything it can before any worker starts — the config (typed on load), the
+dataset and its splits, the model section, a resume's checkpoint and its compatibility, the
+cluster's CPUs and GPUs — then runs a ``TorchTrainer`` whose workers call the same training loop
+as the in-process trainer (:func:`distributed.worker.train_worker`), with DDP through
+``torch.distributed`` (gloo on CPU, nccl on GPU). Every problem a user can fix raises
+:class:`ConfigError` (the CLI prints one line and exits 2).
+
+Where things go (paths are made absolute here: workers change directory)::
+
+    RUN_DIR/config.yaml, checkpoints/, metrics.jsonl, final_metrics.json, tensorboard/   (rank 0)
+    RUN_DIR/ray/fit-<time>/checkpoint_0000000N/ckpt-N.pt     Ray's copy of each reported checkpoint
+
+Faults: ``FailureConfig(max_failures)`` restarts the worker group after a worker dies; each worker
+then continues from the newer of Ray's latest checkpoint (``ray.train.get_checkpoint()``) and the
+newest ``RUN_DIR/checkpoints/ckpt-*.pt`` (the steps since it are trained again, with the same
+episodes and noise). Each fit has its own Ray run name, so a new fit never picks up a stale
+checkpoint by name; ``--resume`` continues from the newest ``RUN_DIR/checkpoints/ckpt-*.pt``, in
+process or on Ray alike (Ray 2.60 refuses ``TorchTrainer(resume_from_checkpoint=...)``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed.config import ConfigError, RunConfig, TrainingDiverged
+from distributed.train_loop import FINAL_FILE, build_model, check_run, clear_run_dir
+from episodes.errors import DataError
+
+RAY_DIR = "ray"  # Ray Train's storage inside the run directory
+DEFAULT_MAX_FAILURES = 2
+
+# Quiet, quick Ray defaults for clusters this driver starts (a user's environment wins):
+# no duplicated prints from the print patch, health checks at 0.2 s (a 2-worker fit of a tiny model
+# took 19–25 s with it against 30–38 s with the default, notes/ray.md).
+RAY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a run is spread over Ray: the command line's --workers, --gpus-per-worker, --address, --max-failures."""
+
+    workers: int
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    address: str | None = None  # None: RAY_ADDRESS, else a private cluster started for the run ("auto": `ray start`'s)
+    max_failures: int = DEFAULT_MAX_FAILURES  # worker-group restarts from the latest checkpoint
+
+    def check(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be ≥ 1 for a Ray run (0 = in-process), got {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker must be ≥ 0, got {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"CPUs per worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_failures < -1:
+            raise ConfigError(f"--max-failures must be ≥ 0 (or -1: no limit), got {self.max_failures}")
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.gpus_per_worker > 0 else "gloo"
+
+
+def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False, overwrite: bool = False,
+                      quiet: bool = False, log=None, callbacks: list | None = None,
+                      report_logs: bool = False) -> dict[str, Any]:
+    """Train ``config`` on ``launch.workers`` Ray Train workers; returns the final metrics
+    (``RUN_DIR/final_metrics.json``) with a ``ray`` section (storage path, fit name, launch).
+
+    ``callbacks``: Ray Train ``UserCallback`` s of the controller (e.g. Ray Tune's
+    ``TuneReportCallback``); ``report_logs``: report every log line's metrics to Ray, not only the
+    checkpoints' (what a Tune scheduler reads; each report is a barrier, see ``RayTrainContext``)."""
+    emit = (lambda line: None) if quiet else (log or (lambda line: print(line, flush=True)))
+    launch.check()
+    config = config.resolve_paths()
+    run_dir = Path(config.run.out)
+
+    # 1. everything that needs no cluster and writes nothing
+    dataset, source, ckpt = check_run(config, resume=resume, overwrite=overwrite)
+    build_model(config, dataset.image_shape)  # the model section builds (a bad factory fails here, not in a worker)
+    if ckpt is not None and int(ckpt.get("world_size", 1)) != launch.workers:
+        raise ConfigError(
+            f"checkpoint {source} was trained with {ckpt.get('world_size', 1)} worker(s); resuming with "
+            f"--workers {launch.workers} would change the episodes of every step: resume with --workers "
+            f"{ckpt.get('world_size', 1)}" + (" (or without --workers)" if int(ckpt.get("world_size", 1)) == 1 else ""))
+
+    # 2. the cluster and its resources
+    import ray
+
+    started = _connect(ray, launch.address)
+    try:
+        cluster = check_resources(ray, launch)
+        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
+        from ray.train import RunConfig as RayRunConfig
+        from ray.train import TrainingFailedError
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from distributed.worker import train_worker
+
+        # 3. the run directory (nothing was written before this point) and Ray's storage in it, one name per fit
+        if overwrite and source is None:
+            clear_run_dir(run_dir)  # here, not in a worker: a restarted worker must find this fit's checkpoints
+        storage = run_dir / RAY_DIR
+        shutil.rmtree(storage, ignore_errors=True)  # earlier fits' copies of checkpoints that RUN_DIR/checkpoints holds
+        storage.mkdir(parents=True)
+        name = _dt.datetime.now().strftime("fit-%Y%m%d-%H%M%S-%f")
+
+        tc = config.train
+        emit(f"Ray {ray.__version__}: cluster {cluster['address']} with {cluster['CPU']:g} CPUs, {cluster['GPU']:g} GPUs; "
+             f"{launch.workers} worker(s) × ({launch.cpus_per_worker:g} CPU, {launch.gpus_per_worker:g} GPU), "
+             f"DDP over {launch.backend}, "
+             f"{'restarts' if launch.max_failures < 0 else f'up to {launch.max_failures} restart(s)'} from the last checkpoint")
+        emit(f"  global batch {tc.episodes_per_step}×{launch.workers} = {tc.episodes_per_step * launch.workers} episodes "
+             f"per step; run directory {run_dir}; Ray storage {storage / name}")
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"config": config.to_dict(), "quiet": quiet, "report_logs": report_logs},
+            torch_config=TorchConfig(backend=launch.backend),
+            scaling_config=ScalingConfig(
+                num_workers=launch.workers, use_gpu=launch.gpus_per_worker > 0,
+                resources_per_worker={"CPU": launch.cpus_per_worker,
+                                      **({"GPU": launch.gpus_per_worker} if launch.gpus_per_worker > 0 else {})}),
+            run_config=RayRunConfig(
+                name=name, storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=launch.max_failures,
+                                             controller_failure_limit=max(1, launch.max_failures)),
+                checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+                logging_config=LoggingConfig(log_level="WARNING"),
+                callbacks=list(callbacks or []),
+                worker_runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}},
+            ),
+        )
+        t0 = time.perf_counter()
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as exc:
+            user = _user_error(exc)  # a worker's ConfigError, DataError or TrainingDiverged: its one line
+            if user is not None:
+                raise user from None
+            raise
+        if result.error is not None:  # fit() raises in Ray 2.60; kept for versions that return the error
+            raise _user_error(result.error) or result.error
+        final = json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
+        final["ray"] = {
+            "storage": str(storage / name), "fit_s": time.perf_counter() - t0, "workers": launch.workers,
+            "gpus_per_worker": launch.gpus_per_worker, "backend": launch.backend, "address": cluster["address"],
+            "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
+        }
+        emit(f"Ray fit done in {final['ray']['fit_s']:.0f} s; its checkpoints: {storage / name}")
+        return final
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Join ``address`` (else RAY_ADDRESS, which a ``ray job submit`` driver has), else start a private
+    cluster on this machine for the run ("local": never an earlier ``ray start`` found through Ray's
+    address file, which outlives a killed cluster and made ``ray.init()`` retry for minutes here).
+    True when this call made the connection (and so shuts it down)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    _probe(address)
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot reach a Ray cluster at {address}: {exc} (start one with `ray start --head`, "
+                          "or leave --address out to start one for the run)") from None
+    return True
+
+
+def _probe(address: str, timeout_s: float = 3.0) -> None:
+    """A ``host:port`` address that refuses connections fails now, not after Ray's minutes of retries."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "local", "auto", "ray://...": Ray's own resolution
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc} "
+                          "(start one with `ray start --head`, or leave --address out to start one for the run)") from None
+
+
+def check_resources(ray, launch: Launch) -> dict[str, Any]:
+    """The cluster's totals; ConfigError when the launch asks for more CPUs or GPUs than the cluster
+    has, in all or on any one node (Ray would otherwise wait for them forever)."""
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    address = ray.get_runtime_context().gcs_address
+    asks = []
+    if launch.workers * launch.cpus_per_worker > cpus:
+        asks.append(f"{launch.workers} worker(s) × {launch.cpus_per_worker:g} CPU = {launch.workers * launch.cpus_per_worker:g} CPUs "
+                    f"but it has {cpus:g}")
+    if launch.workers * launch.gpus_per_worker > gpus:
+        asks.append(f"{launch.workers} worker(s) × {launch.gpus_per_worker:g} GPU = {launch.workers * launch.gpus_per_worker:g} GPUs "
+                    f"but it has {gpus:g}")
+    if not asks:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if nodes and not any(n.get("CPU", 0) >= launch.cpus_per_worker and n.get("GPU", 0) >= launch.gpus_per_worker
+                             for n in nodes):
+            asks.append(f"one worker needs {launch.cpus_per_worker:g} CPU and {launch.gpus_per_worker:g} GPU on one node, "
+                        "and no node has that")
+    if asks:
+        raise ConfigError(f"the Ray cluster at {address} cannot hold this run: " + "; ".join(asks)
+                          + " (lower --workers or --gpus-per-worker, or add resources to the cluster)")
+    return {"address": address, "CPU": cpus, "GPU": gpus}
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The first user-fixable error (ConfigError, DataError, TrainingDiverged) a worker raised inside
+    Ray's wrapping, re-created with its message; None when there is none."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (ConfigError, DataError, TrainingDiverged)):
+            return type(e)(str(e))
+        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None)])
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            stack.extend(failures.values())
+    return None
+
+
+def in_ray_job() -> bool:
+    """True when this process is the driver of a ``ray job submit`` job (its working directory is
+    then Ray's temporary copy of the submitted one)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or "/runtime_resources/working_dir_files/" in os.getcwd()
+
+
+def check_job_paths(config: RunConfig) -> None:
+    """Inside ``ray job submit`` relative paths point into Ray's temporary copy of the working directory
+    (``data/`` and ``runs/`` are not uploaded, and what is written there is lost): ask for absolute ones."""
+    if not in_ray_job():
+        return
+    relative = [f"{name}={value!r}" for name, value in (("data.dir", config.data.dir), ("run.out", config.run.out))
+                if not Path(value).expanduser().is_absolute()]
+    if relative:
+        raise ConfigError(
+            f"inside a Ray job the working directory is Ray's temporary copy ({os.getcwd()}): "
+            f"{', '.join(relative)} must be absolute paths — submit with "
+            "--set data.dir=$PWD/<dataset> --out $PWD/runs/<name>")

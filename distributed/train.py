@@ -1,0 +1,35 @@
+"""``python -m distributed.train``: ``varmem train`` as a module, the form ``ray job submit`` runs.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m distributed.train --config configs/smoke_tiny.yaml --workers 2 \\
+        --set data.dir=$PWD/data/smoke_tiny --out $PWD/runs/smoke_tiny
+
+The flags are ``varmem train``'s (see ``distributed/cli_train.py``); errors a user can fix print
+one ``varmem: error: ...`` line and exit with status 2, as the ``varmem`` command does. Inside a
+job the working directory is Ray's temporary copy of the submitted one: give absolute paths.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from distributed.cli import user_errors
+from distributed.cli_train import TRAIN_DESCRIPTION, _train, add_train_arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distributed.train", description=TRAIN_DESCRIPTION)
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _train(args)
+    except user_errors() as exc:
+        print(f"varmem: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("varmem: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
