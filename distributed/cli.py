@@ -49,17 +49,21 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a subcommand: a user error is one ``varmem: error:`` line and status 2, Ctrl-C is 130."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except user_errors() as exc:
         print(f"varmem: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("varmem: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -13,22 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distributed.cli import user_errors
+from distributed.cli import run_command
 from distributed.cli_train import TRAIN_DESCRIPTION, _train, add_train_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distributed.train", description=TRAIN_DESCRIPTION)
     add_train_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return _train(args)
-    except user_errors() as exc:
-        print(f"varmem: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("varmem: interrupted", file=sys.stderr)
-        return 130
+    return run_command(_train, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import importlib
 import importlib.util
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -61,6 +60,7 @@ from distributed.config import (
     resolve_factory,
 )
 from episodes.dataset import Dataset
+from episodes.files import atomic_write
 from episodes.sampler import EpisodeBatch, EpisodeSampler
 from episodes.stream import EpisodeStream
 from models.base import FewShotGenerativeModel, Objective
@@ -367,19 +367,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: ``ckpt-STEP.tmp``, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically (a temporary ``*.tmp`` beside it, fsync, rename)."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

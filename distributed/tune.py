@@ -966,19 +966,11 @@ def _exit_status(result: SearchResult) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m distributed.tune``: ``varmem tune`` as a module (the form for ``ray job submit``)."""
-    from distributed.cli import user_errors
+    from distributed.cli import run_command
 
     parser = argparse.ArgumentParser(prog="python -m distributed.tune", description=TUNE_DESCRIPTION)
     add_tune_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return _tune(args)
-    except user_errors() as exc:
-        print(f"varmem: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("varmem: interrupted", file=sys.stderr)
-        return 130
+    return run_command(_tune, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
