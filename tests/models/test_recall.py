@@ -1,7 +1,7 @@
 """A VMA learns to address on the recall task (VMA section 4.1): targets are the memory entries.
 
-With a flat prior, KL(q(a|x) || p(a)) = log M − H(q(a|x)) rises from ~0 (q uniform at
-initialization) towards log M as q(a|x) learns to point at the entry equal to x, and the NLL
+With a flat prior, KL(q(a|x) || p(a)) = log M − H(q(a|x)) rises from near 0 (q close to uniform
+at initialization) towards log M as q(a|x) learns to point at the entry equal to x, and the NLL
 bound falls from ~H·W·log 2 towards log M (the cost of the address) as the decoder copies m_a.
 Tiny: 4 episodes of M = 4 random 8×8 binary patterns, MLP nets, 100 Adam steps (~2–5 s).
 (The data are fixed, so the model may learn any one-to-one address map, not necessarily
@@ -33,8 +33,10 @@ def test_vma_learns_to_address_on_recall():
         nll.append(-float(obj.bound.mean()))
         kl.append(float(obj.kl_address.mean()))
     nll0, nll1 = sum(nll[:10]) / 10, sum(nll[-10:]) / 10
-    kl0, kl1 = sum(kl[:10]) / 10, sum(kl[-10:]) / 10
+    kl1 = sum(kl[-10:]) / 10
     log_m = math.log(M)
-    assert kl0 < 0.05 * log_m, f"KL(q(a|x)||p(a)) starts at {kl0:.3f}, expected ~0 (q uniform)"
-    assert kl1 > 0.5 * log_m, f"KL(q(a|x)||p(a)) reached only {kl1:.3f} nats of log M = {log_m:.3f} in {STEPS} steps"
-    assert nll1 < nll0 - 15, f"NLL bound went from {nll0:.2f} to only {nll1:.2f} nats in {STEPS} steps"
+    assert kl[0] < 0.25 * log_m, f"KL(q(a|x)||p(a)) starts at {kl[0]:.3f}: q(a|x) is already peaked at initialization"
+    # He-initialized networks (models.networks.init_weights_) reach ≈ 0.93 log M and NLL ≈ 3 nats here;
+    # PyTorch's default initialization reached ≈ 0.65 log M and NLL ≈ 5–12 nats.
+    assert kl1 > 0.8 * log_m, f"KL(q(a|x)||p(a)) reached only {kl1:.3f} nats of log M = {log_m:.3f} in {STEPS} steps"
+    assert nll1 < nll0 - 30, f"NLL bound went from {nll0:.2f} to only {nll1:.2f} nats in {STEPS} steps"
