@@ -65,8 +65,12 @@ ray job submit --address "$ADDRESS" --working-dir . -- \
 # a blocking submit exits non-zero when the job fails (set -o pipefail carries it through tee)
 
 job=$(grep -o "raysubmit_[A-Za-z0-9]*" "$WORK/submit.log" | head -1)
-ray job status --address "$ADDRESS" "$job" 2>&1 | grep -q "Job '$job' succeeded" || { echo "ci_job_submit: job $job did not succeed"; exit 1; }
-ray job logs --address "$ADDRESS" "$job" 2>/dev/null | grep -q "done: step 20" || { echo "ci_job_submit: no final step in the job's logs"; exit 1; }
+# (the outputs are captured before grep: `cmd | grep -q` under pipefail fails when grep's early exit
+# makes cmd die of SIGPIPE, even though the pattern was found)
+status=$(ray job status --address "$ADDRESS" "$job" 2>&1 || true)
+grep -q "Job '$job' succeeded" <<<"$status" || { echo "$status"; echo "ci_job_submit: job $job did not succeed"; exit 1; }
+logs=$(ray job logs --address "$ADDRESS" "$job" 2>/dev/null || true)
+grep -q "done: step 20" <<<"$logs" || { echo "ci_job_submit: no final step in the job's logs"; exit 1; }
 python - "$RUN" <<'PY'
 import json, sys
 from pathlib import Path
