@@ -1,4 +1,4 @@
-"""``varmem bench kernels|episodes|distributed``: run the benchmark modules from the command line.
+"""``varmem bench kernels|episodes|distributed|train``: run the benchmark modules from the command line.
 
 Each ``benchmarks/bench_<stem>.py`` exposes ``add_arguments(parser)`` and ``run(args) -> rows``
 and is also runnable as ``python -m benchmarks.bench_<stem>``.
@@ -12,7 +12,8 @@ KERNEL_STEMS = ("memory_addressing", "memory_read", "vimco", "gaussian_attention
 
 
 def add_bench_command(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="microbenchmarks: kernels, episode sampling, distributed training")
+    bench = sub.add_parser("bench", help="microbenchmarks: kernels, episode sampling, distributed training, "
+                                "training steps with the kernels on and off")
     bench_sub = bench.add_subparsers(dest="bench_target", required=True, metavar="TARGET")
 
     kernels = bench_sub.add_parser("kernels", help="kernel microbenchmarks (triton / eager / torch.compile)")
@@ -28,6 +29,11 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
                                 "data wait, time to the first step")
     importlib.import_module("benchmarks.bench_distributed").add_arguments(dist)
     dist.set_defaults(func=lambda a: importlib.import_module("benchmarks.bench_distributed").run(a) and 0)
+
+    train = bench_sub.add_parser("train", help="training steps/s and episodes/s of VMA, VAE and soft attention, "
+                                 "reference kernels against Triton (the interpreter on CPU)")
+    importlib.import_module("benchmarks.bench_train").add_arguments(train)
+    train.set_defaults(func=lambda a: importlib.import_module("benchmarks.bench_train").run(a) and 0)
 
 
 def _kernel_common_arguments(p: argparse.ArgumentParser) -> None:

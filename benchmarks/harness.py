@@ -101,8 +101,18 @@ def time_fn(
             times.append((time.perf_counter() - t0) * 1e3)
         if len(times) >= 10 * max(reps, 1):
             break
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return {"median_ms": statistics.median(times), "q20_ms": q[1], "q80_ms": q[7], "reps": len(times)}
+    return quantile_summary(times)
+
+
+def quantile_summary(times_ms: Sequence[float], method: str = "exclusive") -> dict[str, float]:
+    """``{"median_ms", "q20_ms", "q80_ms", "reps"}`` of times in milliseconds (one time: all three equal).
+
+    ``method`` is :func:`statistics.quantiles`'s: "exclusive" extrapolates beyond the smallest and
+    largest time when there are few (3 times: q20 below the fastest, possibly below 0); "inclusive"
+    stays between them, for a handful of times.
+    """
+    q = statistics.quantiles(times_ms, n=10, method=method) if len(times_ms) >= 2 else [times_ms[0]] * 9
+    return {"median_ms": statistics.median(times_ms), "q20_ms": q[1], "q80_ms": q[7], "reps": len(times_ms)}
 
 
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str) -> int | None:

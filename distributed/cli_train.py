@@ -1,4 +1,4 @@
-"""``varmem train`` and ``varmem eval``.
+"""``varmem train``, ``varmem eval`` and ``varmem compare``.
 
     varmem train --config FILE [--set section.key=value ...] [--steps N] [--out RUN_DIR] [--resume] [--overwrite]
     varmem train --resume --out RUN_DIR [--steps N]          (the run's own config.yaml)
@@ -6,6 +6,8 @@
     python -m distributed.train ...                          (the same flags; the form for `ray job submit`)
     varmem eval RUN_DIR [--samples K] [--episodes N] [--seed S] [--checkpoint FILE] [--json]
                 [--out-dir DIR] [--lake-runs DIR] [--no-pictures] [--classification-episodes N]
+                [--likelihood-episodes N] [--likelihood-samples K] [--tasks 5x1,20x1] [--no-tables] [--save FILE]
+    varmem compare LABEL=EVAL.json ... [--out-dir DIR]       (runs side by side; the NLL plots)
 
 Nothing here imports torch until a command runs: ``varmem data ...`` stays light.
 """
@@ -41,7 +43,26 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-pictures", action="store_true", help="draw no pictures")
     e.add_argument("--classification-episodes", type=int, default=1000, metavar="N",
                    help="episodes per N-way K-shot classification task")
+    e.add_argument("--likelihood-episodes", type=int, default=None, metavar="N",
+                   help="episodes per task for classification by likelihood (default: --classification-episodes; "
+                        "each costs ways × K decodes per query)")
+    e.add_argument("--likelihood-samples", type=int, default=10, metavar="K",
+                   help="importance samples of each p(x|M_c) in classification by likelihood")
+    e.add_argument("--tasks", type=_tasks, default=None, metavar="WxS,...",
+                   help="N-way K-shot classification tasks, e.g. 5x1,20x1 (default: 5x1,5x5,20x1,20x5)")
+    e.add_argument("--no-tables", action="store_true", help="skip the NLL-vs-examples and NLL-vs-classes tables")
+    e.add_argument("--save", type=Path, default=None, metavar="FILE",
+                   help="also write the result as JSON to FILE (atomically: a failed run leaves no partial file)")
     e.set_defaults(func=_eval)
+
+    c = sub.add_parser("compare", help="several runs' evaluations side by side, as tables and plots",
+                       description="Compare `varmem eval --save` results: NLL vs examples, NLL vs classes and "
+                                   "classification accuracy, one column per run; with --out-dir, the two NLL plots.")
+    c.add_argument("evals", nargs="+", metavar="LABEL=EVAL.json", type=_labelled_file,
+                   help="a label and a JSON file written by `varmem eval --save` (or --json)")
+    c.add_argument("--out-dir", type=Path, default=None,
+                   help="write nll_vs_examples.png and nll_vs_classes.png here")
+    c.set_defaults(func=_compare)
 
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
@@ -109,14 +130,64 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks(text: str) -> tuple[tuple[int, int], ...]:
+    """``5x1,20x1`` → ((5, 1), (20, 1)); argparse turns the ValueError into a usage error."""
+    out = []
+    for part in text.split(","):
+        ways, sep, shots = part.strip().lower().partition("x")
+        if not sep or not ways.isdigit() or not shots.isdigit() or int(ways) < 2 or int(shots) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r} is not WAYSxSHOTS with ways ≥ 2 and shots ≥ 1 (e.g. 5x1,20x1)")
+        out.append((int(ways), int(shots)))
+    return tuple(out)
+
+
+def _labelled_file(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LABEL=EVAL.json")
+    return label, Path(path)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from episodes.errors import DataError
+    from episodes.show import save_png
+    from models.evaluation import format_comparison, nll_comparison_plot
+
+    results = []
+    for label, path in args.evals:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file (write one with `varmem eval RUN_DIR --save {path}`)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not a JSON file ({e})") from None
+        protocol = data.get("protocol") if isinstance(data, dict) else None
+        if not isinstance(protocol, dict):
+            raise DataError(f"{path}: no \"protocol\" field: not the output of `varmem eval --save` / `--json`")
+        results.append((label, protocol))
+    print(format_comparison(results))
+    if args.out_dir is not None:
+        for table in ("examples", "classes"):
+            if any(res.get(f"nll_vs_{table}") for _, res in results):
+                print(save_png(nll_comparison_plot(results, table), args.out_dir / f"nll_vs_{table}.png"))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from distributed.train_loop import evaluate_run, load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,
-               "classification_episodes": args.classification_episodes}
-    result = evaluate_run(run, samples=args.samples, episodes=args.episodes, seed=args.seed, progress=not args.json,
+               "classification_episodes": args.classification_episodes, "likelihood_episodes": args.likelihood_episodes,
+               "likelihood_samples": args.likelihood_samples, "tables": not args.no_tables}
+    if args.tasks is not None:
+        options["tasks"] = args.tasks
+    result = evaluate_run(run, samples=args.samples, episodes=args.episodes, seed=args.seed, progress=True,
                           protocol_options=options)
+    if args.save is not None:
+        from episodes.files import atomic_write_text
+
+        atomic_write_text(args.save, json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -32,8 +32,6 @@ Run directory::
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
 import random
@@ -761,8 +759,8 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
 def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, seed: int | None = None,
                  progress: bool = False, protocol_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The test NLL bound with ``samples`` importance samples, its KL parts and (address models) accuracy
-    on ``episodes`` fixed episodes of the eval split; plus the evaluation protocol's results when
-    ``models.evaluation`` exists (``protocol_options``: more keyword arguments of its ``evaluate``,
+    on ``episodes`` fixed episodes of the eval split, and the evaluation protocol's results under
+    "protocol" (``protocol_options``: more keyword arguments of :func:`models.evaluation.evaluate`,
     e.g. ``out_dir``, ``lake_runs``, ``pictures``, ``classification_episodes``)."""
     if samples < 1 or episodes < 1:
         raise ConfigError(f"--samples and --episodes must be ≥ 1, got {samples} and {episodes}")
@@ -790,15 +788,11 @@ def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, se
         **evaluate_bound(run.model, batches, samples=samples, num_samples=run.config.train.num_samples,
                          chunk=run.config.train.chunk, seed=seed, device=run.device, progress=report),
     }
-    # ---- EVALUATION PROTOCOL HOOK ------------------------------------------------------------
-    # models/evaluation.py (NLL tables vs memory size, classification accuracies with CIs, Lake
-    # runs, pictures) plugs in here: evaluate(run: LoadedRun, *, samples, episodes, seed) -> dict.
-    # Its results go under "protocol"; without the module the field is absent.
-    if importlib.util.find_spec("models.evaluation") is not None:
-        protocol = importlib.import_module("models.evaluation")
-        options = {"progress": (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
-                   **(protocol_options or {})}
-        result["protocol"] = protocol.evaluate(run, samples=samples, episodes=episodes, seed=seed, **options)
-    # ------------------------------------------------------------------------------------------
+    # the protocol: NLL tables vs memory, classification with CIs, Lake runs, pictures
+    from models.evaluation import evaluate
+
+    options = {"progress": (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
+               **(protocol_options or {})}
+    result["protocol"] = evaluate(run, samples=samples, episodes=episodes, seed=seed, **options)
     return result
 

@@ -249,34 +249,9 @@ def nll_over_episodes(model, sampler: EpisodeSampler, episodes: int, *, samples:
 
     ``nll`` is the mean over targets; ``stderr`` the standard error over the per-episode means.
     """
-    _check_positive(samples=samples, episodes=episodes, chunk=chunk)
-    spec, device = sampler.spec, _device(model)
-    per_pass, chunk = _pass_shape(spec.num_targets, spec.memory_size + spec.num_targets, samples, chunk, device)
-    tag = f"nll/{spec.ways}/{spec.distractors}/{spec.shots}/{spec.targets}"
-    k_obj = _objective_samples(model)
-    progress = _as_progress(progress)
-    ll_ep, kla, klz = [], [], []
-    t0 = time.perf_counter()
-    with _eval_mode(model), _seeded(derive_seed(seed, tag), device):
-        for start in range(0, episodes, per_pass):
-            b = sampler.batch(range(start, min(start + per_pass, episodes))).to(device)
-            ll = _log_likelihood(model, b.memory, b.targets, samples, chunk, exact_address)  # [G, T]
-            obj = model.objective(b.memory, b.targets, k_obj)
-            ll_ep.append(ll.double().mean(1).cpu())  # [G]
-            kla.append(obj.kl_address.double().mean(1).cpu())
-            klz.append(obj.kl_latent.double().mean(1).cpu())
-            progress.tick(what, min(start + per_pass, episodes), episodes, t0)
-    ll = torch.cat(ll_ep)  # [E]
-    E = ll.numel()
-    return {
-        "nll": float(-ll.mean()),
-        "stderr": float(ll.std(unbiased=True) / math.sqrt(E)) if E > 1 else None,
-        "kl_address": float(torch.cat(kla).mean()) if getattr(model, "has_address", False) else None,
-        "kl_latent": float(torch.cat(klz).mean()),
-        "episodes": E,
-        "targets": E * spec.num_targets,
-        "samples": samples,
-    }
+    parts = _paired_passes(model, sampler, episodes, [("all", lambda b: (b.memory, b.targets), True)], samples=samples,
+                           chunk=chunk, seed=seed, exact_address=exact_address, progress=progress, what=what)
+    return _row(model, parts["all"], samples)
 
 
 def examples_that_fit(dataset: Dataset, split: str, examples: Sequence[int] = DEFAULT_EXAMPLES) -> tuple[list[int], list[str]]:
@@ -292,29 +267,99 @@ def examples_that_fit(dataset: Dataset, split: str, examples: Sequence[int] = DE
     return fit, skipped
 
 
+# A table's rows are *paired*: every row is computed on the same episodes' targets with the same
+# importance-sampling noise, each row seeing a nested part of one largest memory. Row-to-row
+# differences then measure the memory, not which targets a row happened to draw (with independent
+# episodes per row, a model that ignores its memory showed ±5 nats of row-to-row scatter on
+# strokes). A model that ignores memory gives the same number in every row.
+
+
+def _paired_passes(model, sampler: EpisodeSampler, episodes: int, views: Sequence[tuple[str, Callable, bool]], *,
+                   samples: int, chunk: int, seed: int, exact_address: bool, progress, what: str
+                   ) -> dict[str, dict[str, torch.Tensor]]:
+    """Per view, float64 [E, T_view] tensors ``ll`` (log p(x|M) bound) and — where the view asks for
+    the objective's parts — ``kla``, ``klz``, over episodes 0..episodes−1 of ``sampler``.
+
+    ``views``: (name, select, parts); ``select(batch)`` → (memory [G', M', 1, H, W], targets
+    [G', T', 1, H, W]) with G'·T' = G·T_view. Every view of a pass runs under the same seed.
+    """
+    _check_positive(samples=samples, episodes=episodes, chunk=chunk)
+    spec, device = sampler.spec, _device(model)
+    per_pass, chunk = _pass_shape(spec.num_targets, spec.memory_size + spec.num_targets, samples, chunk, device)
+    tag = f"paired/{spec.ways}/{spec.distractors}/{spec.shots}/{spec.targets}"
+    k_obj = _objective_samples(model)
+    progress = _as_progress(progress)
+    out: dict[str, dict[str, list]] = {name: {"ll": [], "kla": [], "klz": []} for name, _, _ in views}
+    t0 = time.perf_counter()
+    with _eval_mode(model):
+        for start in range(0, episodes, per_pass):
+            b = sampler.batch(range(start, min(start + per_pass, episodes))).to(device)
+            G = b.memory.shape[0]
+            for name, select, parts in views:
+                memory, targets = select(b)
+                with _seeded(derive_seed(seed, tag, start), device):  # the same noise in every view: paired rows
+                    ll = _log_likelihood(model, memory, targets, samples, chunk, exact_address)  # [G', T']
+                    out[name]["ll"].append(ll.double().reshape(G, -1).cpu())
+                    if parts:
+                        obj = model.objective(memory, targets, k_obj)
+                        out[name]["kla"].append(obj.kl_address.double().reshape(G, -1).cpu())
+                        out[name]["klz"].append(obj.kl_latent.double().reshape(G, -1).cpu())
+            progress.tick(what, min(start + per_pass, episodes), episodes, t0)
+    return {name: {k: torch.cat(v) for k, v in acc.items() if v} for name, acc in out.items()}
+
+
+def _mean_se(x: torch.Tensor) -> tuple[float, float | None]:
+    """(mean, standard error) of per-episode values x [E]."""
+    E = x.numel()
+    return float(x.mean()), (float(x.std(unbiased=True) / math.sqrt(E)) if E > 1 else None)
+
+
+def _row(model, part: dict[str, torch.Tensor], samples: int) -> dict[str, Any]:
+    """The fields of :func:`nll_over_episodes` from one view's per-episode tensors."""
+    nll, se = _mean_se(-part["ll"].mean(1))
+    E, T = part["ll"].shape
+    return {
+        "nll": nll, "stderr": se,
+        "kl_address": float(part["kla"].mean()) if getattr(model, "has_address", False) else None,
+        "kl_latent": float(part["klz"].mean()),
+        "episodes": E, "targets": E * T, "samples": samples,
+    }
+
+
 def nll_table_examples(model, dataset: Dataset | str, split: str, *, examples: Sequence[int] = DEFAULT_EXAMPLES,
                        samples: int = 1000, episodes: int = 100, seed: int = 0, chunk: int = 100,
                        binarize: str = "none", threshold: float = 0.5, exact_address: bool = False,
                        progress=None) -> list[dict[str, Any]]:
-    """NLL as the number of same-class examples in memory varies (Table 1, C = 1).
+    """NLL as the number of same-class examples in memory varies (Table 1, C = 1), paired.
 
-    Row n: ``episodes`` episodes of memory = n examples of one class, target = another example
-    of it. An n the split cannot supply (n + 1 > its smallest class) is skipped, saying so.
-    Rows: ``{"examples", "memory_size", "nll", "stderr", "kl_address", "kl_latent", "episodes", "targets", "samples"}``.
+    ``episodes`` episodes of one class hold n_max = max(examples) examples in memory and one
+    other example as the target; row n keeps the first n of them (a uniform random n-subset).
+    Every row scores the same targets with the same noise, so ``change`` = NLL(n) − NLL(first n)
+    and its ``change_stderr`` (over per-episode differences) say whether adding examples helps.
+    An n the split cannot supply (n + 1 > its smallest class) is skipped, saying so. Rows:
+    ``{"examples", "memory_size", "nll", "stderr", "change", "change_stderr", "kl_address",
+    "kl_latent", "episodes", "targets", "samples"}``.
     """
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     progress = _as_progress(progress)
     fit, skipped = examples_that_fit(dataset, split, examples)
     for line in skipped:
         progress.say(line)
+    if not fit:
+        return []
+    spec = EpisodeSpec(split=split, ways=1, shots=max(fit), targets=1, binarize=binarize, threshold=threshold)
+    views = [(n, (lambda b, n=n: (b.memory[:, :n], b.targets)), True) for n in fit]
+    parts = _paired_passes(model, EpisodeSampler(dataset, spec, seed), episodes, views, samples=samples, chunk=chunk,
+                           seed=seed, exact_address=exact_address, progress=progress,
+                           what=f"NLL vs examples, n={','.join(map(str, fit))}")
+    first = -parts[fit[0]]["ll"].mean(1)  # [E]
     rows = []
     for n in fit:
-        spec = EpisodeSpec(split=split, ways=1, shots=n, targets=1, binarize=binarize, threshold=threshold)
-        row = nll_over_episodes(model, EpisodeSampler(dataset, spec, seed), episodes, samples=samples, chunk=chunk,
-                                seed=seed, exact_address=exact_address, progress=progress,
-                                what=f"NLL vs examples, n={n}")
-        rows.append({"examples": n, "memory_size": n, **row})
-        progress.say(f"NLL vs examples: n={n:>2}: {row['nll']:.2f} nats")
+        nll_ep = -parts[n]["ll"].mean(1)  # [E]
+        change, change_se = _mean_se(nll_ep - first)
+        rows.append({"examples": n, "memory_size": n, **_row(model, parts[n], samples),
+                     "change": change, "change_stderr": change_se})
+        progress.say(f"NLL vs examples: n={n:>2}: {rows[-1]['nll']:.2f} nats ({change:+.2f} vs n={fit[0]})")
     return rows
 
 
@@ -329,11 +374,6 @@ def class_counts(num_classes: int, max_classes: int | None = None) -> list[int]:
     if out[-1] != limit:
         out.append(limit)
     return out
-
-
-def optimum_nll(nll_one_class: float, classes: int) -> float:
-    """A perfect model of C disjoint, equally likely classes: −log((1/C) p(x|M_c)) = NLL(C=1) + log C."""
-    return nll_one_class + math.log(classes)
 
 
 def _classes_spec(split: str, classes: int, examples_per_class: int, **data) -> EpisodeSpec:
@@ -361,13 +401,15 @@ def nll_table_classes(model, dataset: Dataset | str, split: str, *, classes: Seq
                       examples_per_class: int = 5, max_classes: int | None = None, samples: int = 1000,
                       episodes: int = 100, seed: int = 0, chunk: int = 100, binarize: str = "none",
                       threshold: float = 0.5, exact_address: bool = False, progress=None) -> list[dict[str, Any]]:
-    """NLL as the number of classes in memory varies, beside the optimum of a perfect model.
+    """NLL as the number of classes in memory varies, beside the optimum of a perfect model; paired.
 
-    Row C: memory = C classes × ``examples_per_class`` examples; one target from each of
-    min(C, CLASS_TABLE_TARGETS) of those classes (the others are memory-only). ``classes``
-    defaults to :func:`class_counts`; C = 1 is always computed (the optimum needs it). Counts
-    the split cannot supply are skipped, saying so. Rows add ``"classes"``, ``"examples_per_class"``
-    and ``"optimum"`` = NLL(C=1) + log C to the fields of :func:`nll_over_episodes`.
+    ``episodes`` episodes hold C_max classes × ``examples_per_class`` examples in memory, and one
+    target from each of the first T = min(C_max, CLASS_TABLE_TARGETS) classes. Row C keeps the
+    first C classes' examples and the targets of the first min(C, T) of them, so a row's cost does
+    not grow with C. ``optimum`` is a perfect model of C disjoint classes scored on the row's own
+    targets: −log p(x | its class's examples alone) + log C, averaged; ``gap`` = NLL − optimum with
+    ``gap_stderr`` over per-episode differences. ``classes`` defaults to :func:`class_counts`;
+    C = 1 is always computed. Counts the split cannot supply are skipped, saying so.
     """
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     _check_positive(examples_per_class=examples_per_class)
@@ -375,18 +417,31 @@ def nll_table_classes(model, dataset: Dataset | str, split: str, *, classes: Seq
     fit, skipped = classes_that_fit(dataset, split, classes, examples_per_class, max_classes)
     for line in skipped:
         progress.say(line)
+    if not fit:
+        return []
+    s = examples_per_class
+    spec = _classes_spec(split, max(fit), s, binarize=binarize, threshold=threshold)
+    T = spec.ways  # targets per episode, one per class 0..T−1; memory is class-major
+
+    def own(b: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        G = b.memory.shape[0]
+        memory = b.memory[:, : T * s].reshape(G * T, s, *b.memory.shape[2:])  # [G·T, s, 1, H, W]
+        return memory, b.targets.reshape(G * T, 1, *b.targets.shape[2:])  # [G·T, 1, 1, H, W]
+
+    views = [("own", own, False)]
+    views += [(C, (lambda b, C=C: (b.memory[:, : C * s], b.targets[:, : min(C, T)])), True) for C in fit]
+    parts = _paired_passes(model, EpisodeSampler(dataset, spec, seed), episodes, views, samples=samples, chunk=chunk,
+                           seed=seed, exact_address=exact_address, progress=progress,
+                           what=f"NLL vs classes, C={','.join(map(str, fit))}")
+    own_nll = -parts["own"]["ll"]  # [E, T]: each target with its own class's examples alone
     rows = []
     for C in fit:
-        spec = _classes_spec(split, C, examples_per_class, binarize=binarize, threshold=threshold)
-        row = nll_over_episodes(model, EpisodeSampler(dataset, spec, seed), episodes, samples=samples, chunk=chunk,
-                                seed=seed, exact_address=exact_address, progress=progress, what=f"NLL vs classes, C={C}")
-        rows.append({"classes": C, "examples_per_class": examples_per_class, "memory_size": C * examples_per_class, **row})
-        progress.say(f"NLL vs classes: C={C:>3}: {row['nll']:.2f} nats")
-    if not rows:
-        return rows
-    one = rows[0]["nll"]
-    for row in rows:
-        row["optimum"] = optimum_nll(one, row["classes"])
+        nll_ep = -parts[C]["ll"].mean(1)  # [E]
+        opt_ep = own_nll[:, : min(C, T)].mean(1) + math.log(C)  # [E]
+        gap, gap_se = _mean_se(nll_ep - opt_ep)
+        rows.append({"classes": C, "examples_per_class": s, "memory_size": C * s, **_row(model, parts[C], samples),
+                     "optimum": float(opt_ep.mean()), "gap": gap, "gap_stderr": gap_se})
+        progress.say(f"NLL vs classes: C={C:>3}: {rows[-1]['nll']:.2f} nats (optimum {rows[-1]['optimum']:.2f})")
     return rows
 
 
@@ -692,17 +747,33 @@ def line_plot(x_labels: Sequence[str], series: Sequence[dict[str, Any]], *, titl
                 d.line([(xx, py(y - e)), (xx, py(y + e))], fill=ink)
                 d.line([(xx - 3, py(y - e)), (xx + 3, py(y - e))], fill=ink)
                 d.line([(xx - 3, py(y + e)), (xx + 3, py(y + e))], fill=ink)
-            r = 3
-            d.ellipse([xx - r, yy - r, xx + r, yy + r], fill=ink if not s.get("dashed") else BG, outline=ink)
+            _marker(d, xx, yy, s.get("marker", "circle"), ink, hollow=bool(s.get("dashed")))
     # legend: one row between the title and the plot box, right-aligned
     lx = x1
     for s in reversed(series):
         ink = 0 if not s.get("dashed") else 110
         lx -= d.textlength(s["label"]) + 30
         d.line([(lx, 30), (lx + 20, 30)], fill=ink, width=2)
+        _marker(d, lx + 10, 30, s.get("marker", "circle"), ink, hollow=bool(s.get("dashed")))
         d.text((lx + 24, 24), s["label"], fill=0)
         lx -= 12
     return np.asarray(img)
+
+
+MARKERS = ("circle", "square", "triangle", "diamond")
+
+
+def _marker(d: ImageDraw.ImageDraw, x: float, y: float, kind: str, ink: int, hollow: bool = False, r: float = 3.5) -> None:
+    """One point marker of a greyscale plot: series tell apart by shape."""
+    fill = BG if hollow else ink
+    if kind == "square":
+        d.rectangle([x - r, y - r, x + r, y + r], fill=fill, outline=ink)
+    elif kind == "triangle":
+        d.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=fill, outline=ink)
+    elif kind == "diamond":
+        d.polygon([(x, y - r - 1), (x - r - 1, y), (x, y + r + 1), (x + r + 1, y)], fill=fill, outline=ink)
+    else:
+        d.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=ink)
 
 
 def nll_examples_plot(rows: Sequence[dict[str, Any]], size: tuple[int, int] = (560, 360)) -> np.ndarray:
@@ -714,12 +785,34 @@ def nll_examples_plot(rows: Sequence[dict[str, Any]], size: tuple[int, int] = (5
 
 
 def nll_classes_plot(rows: Sequence[dict[str, Any]], size: tuple[int, int] = (560, 360)) -> np.ndarray:
-    """The NLL-vs-classes table as a line plot, with the optimum NLL(C=1) + log C dashed."""
+    """The NLL-vs-classes table as a line plot, with the optimum dashed."""
     return line_plot([str(r["classes"]) for r in rows],
                      [{"label": "NLL bound ± s.e.", "y": [r["nll"] for r in rows], "err": [r["stderr"] for r in rows]},
-                      {"label": "optimum: NLL(C=1) + log C", "y": [r["optimum"] for r in rows], "dashed": True}],
+                      {"label": "optimum (own class + log C)", "y": [r["optimum"] for r in rows], "dashed": True}],
                      title=f"NLL vs classes in memory ({rows[0]['examples_per_class']} examples each)" if rows else "NLL vs classes",
                      x_label="classes in memory", y_label="NLL (nats)", size=size)
+
+
+def nll_comparison_plot(results: Sequence[tuple[str, dict[str, Any]]], table: str = "examples",
+                        size: tuple[int, int] = (640, 400)) -> np.ndarray:
+    """Several models' NLL tables in one plot: ``results`` = (label, evaluation result) pairs,
+    ``table`` "examples" or "classes"; x is the union of the rows' n (or C), a model without a row
+    at some x has a gap there."""
+    if table not in ("examples", "classes"):
+        raise ValueError(f"table must be 'examples' or 'classes', got {table!r}")
+    key = "examples" if table == "examples" else "classes"
+    tables = [(label, {r[key]: r for r in (res.get(f"nll_vs_{table}") or [])}) for label, res in results]
+    xs = sorted({x for _, rows in tables for x in rows})
+    series = []
+    for k, (label, rows) in enumerate(tables):
+        series.append({"label": label, "marker": MARKERS[k % len(MARKERS)],
+                       "y": [rows[x]["nll"] if x in rows else None for x in xs],
+                       "err": [rows[x]["stderr"] if x in rows else None for x in xs]})
+    title = ("NLL bound vs examples of one class in memory (± s.e.)" if table == "examples"
+             else "NLL bound vs classes in memory (± s.e.)")
+    return line_plot([str(x) for x in xs], series, title=title,
+                     x_label="examples in memory" if table == "examples" else "classes in memory",
+                     y_label="NLL (nats)", size=size)
 
 
 # =============================================================================================
@@ -730,7 +823,8 @@ def nll_classes_plot(rows: Sequence[dict[str, Any]], size: tuple[int, int] = (56
 def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None = None, out_dir: str | Path | None = None,
              tables: bool = True, classification: bool = True, lake_runs: str | Path | None = None, pictures: bool = True,
              progress: Callable[[str], None] | None = print, classification_episodes: int = 1000,
-             likelihood_samples: int = 10, examples: Sequence[int] = DEFAULT_EXAMPLES, examples_per_class: int = 5,
+             likelihood_samples: int = 10, likelihood_episodes: int | None = None,
+             examples: Sequence[int] = DEFAULT_EXAMPLES, examples_per_class: int = 5,
              max_classes: int | None = None, tasks: Sequence[tuple[int, int]] = DEFAULT_TASKS, alphabet: str = "any",
              chunk: int | None = None, exact_address: bool = False) -> dict[str, Any]:
     """The evaluation protocol of a :class:`distributed.train_loop.LoadedRun`, on its eval split.
@@ -738,14 +832,17 @@ def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None 
     ``samples``: K of the NLL tables' bound; ``episodes``: episodes per table row;
     ``classification_episodes`` per N-way K-shot task (``tasks``: (ways, shots) pairs, one query
     per class, classes drawn from ``alphabet`` "any" or "within" one alphabet);
-    ``likelihood_samples``: K of each p(x|M_c) of likelihood classification; ``lake_runs``: a
+    ``likelihood_samples``: K of each p(x|M_c) of likelihood classification, over
+    ``likelihood_episodes`` per task (default ``classification_episodes``; it costs ways × targets
+    × K decodes per episode where q(a|x) costs one encoder pass); ``lake_runs``: a
     lake-runs dataset directory (optional); ``out_dir``: where pictures go (default
     RUN_DIR/evaluation); ``seed``: default the run's ``train.val_seed``; ``chunk``: samples per
     pass, default the run's ``train.chunk``. Returns a JSON-serializable dict; what could not be
     measured (rows the split cannot supply, methods the model lacks) is listed under "skipped".
     """
+    likelihood_episodes = classification_episodes if likelihood_episodes is None else likelihood_episodes
     _check_positive(samples=samples, episodes=episodes, classification_episodes=classification_episodes,
-                    likelihood_samples=likelihood_samples)
+                    likelihood_samples=likelihood_samples, likelihood_episodes=likelihood_episodes)
     config, model, dataset = run.config, run.model, run.dataset
     seed = config.train.val_seed if seed is None else int(seed)
     chunk = config.train.chunk if chunk is None else chunk
@@ -755,7 +852,8 @@ def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None 
     result: dict[str, Any] = {
         "split": split, "seed": seed, "samples": samples, "episodes": episodes,
         "examples_per_class": examples_per_class, "classification_episodes": classification_episodes,
-        "likelihood_samples": likelihood_samples, "skipped": [],
+        "likelihood_samples": likelihood_samples, "likelihood_episodes": likelihood_episodes, "paired_tables": True,
+        "skipped": [],
     }
     skipped: list[str] = result["skipped"]
     t_start = time.perf_counter()
@@ -788,7 +886,8 @@ def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None 
                 continue
             entry = {}
             for m in methods:
-                r = classification_accuracy(model, dataset, spec, classification_episodes, m, samples=likelihood_samples,
+                n_episodes = likelihood_episodes if m == "likelihood" else classification_episodes
+                r = classification_accuracy(model, dataset, spec, n_episodes, m, samples=likelihood_samples,
                                             chunk=chunk, seed=seed, exact_address=exact_address, progress=say)
                 entry[m] = r
                 say.say(f"{ways}-way {shots}-shot, {m}: {100 * r['accuracy']:.2f} ± {100 * (r['ci95'] or 0):.2f} %")
@@ -831,7 +930,7 @@ def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None 
 def _f(v: float | None, spec: str = ".2f") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
-    return format(round(v, int(spec[1:-1])) + 0.0, spec)  # + 0.0: no "-0.000" for a rounded-away negative
+    return format(round(v, int(spec.split(".")[1][:-1])) + 0.0, spec)  # + 0.0: no "-0.000" for a rounded-away negative
 
 
 def _acc(r: dict[str, Any] | None) -> str:
@@ -846,23 +945,28 @@ def format_tables(result: dict[str, Any]) -> str:
     K, E = result.get("samples"), result.get("episodes")
     rows = result.get("nll_vs_examples")
     if rows is not None:
-        out.append(f"NLL bound vs examples of one class in memory (K={K}, {E} episodes per row, split {result.get('split')})")
-        out.append(f"  {'examples':>8}  {'NLL':>9}  {'± s.e.':>7}  {'KL(a)':>7}  {'KL(z)':>7}")
+        out.append(f"NLL bound vs examples of one class in memory (K={K}, the same {E} episodes' targets in every row, "
+                   f"split {result.get('split')})")
+        first = rows[0]["examples"] if rows else 1
+        out.append(f"  {'examples':>8}  {'NLL':>9}  {'± s.e.':>7}  {f'vs n={first}':>8}  {'± s.e.':>7}  {'KL(a)':>7}  {'KL(z)':>7}")
         for r in rows:
-            out.append(f"  {r['examples']:>8}  {_f(r['nll']):>9}  {_f(r['stderr']):>7}  {_f(r['kl_address'], '.3f'):>7}  "
-                       f"{_f(r['kl_latent']):>7}")
+            out.append(f"  {r['examples']:>8}  {_f(r['nll']):>9}  {_f(r['stderr']):>7}  {_f(r.get('change'), '+.2f'):>8}  "
+                       f"{_f(r.get('change_stderr')):>7}  {_f(r['kl_address'], '.3f'):>7}  {_f(r['kl_latent']):>7}")
     rows = result.get("nll_vs_classes")
     if rows is not None:
         out.append(f"NLL bound vs classes in memory ({result.get('examples_per_class')} examples per class, K={K})")
-        out.append(f"  {'classes':>7}  {'|M|':>6}  {'NLL':>9}  {'± s.e.':>7}  {'optimum':>9}  {'gap':>7}  {'KL(a)':>7}")
+        out.append(f"  {'classes':>7}  {'|M|':>6}  {'NLL':>9}  {'± s.e.':>7}  {'optimum':>9}  {'gap':>7}  {'± s.e.':>7}  {'KL(a)':>7}")
         for r in rows:
             out.append(f"  {r['classes']:>7}  {r['memory_size']:>6}  {_f(r['nll']):>9}  {_f(r['stderr']):>7}  "
-                       f"{_f(r['optimum']):>9}  {_f(r['nll'] - r['optimum']):>7}  {_f(r['kl_address'], '.3f'):>7}")
-        out.append("  optimum: a perfect model of C disjoint classes, NLL(C=1) + log C")
+                       f"{_f(r['optimum']):>9}  {_f(r['nll'] - r['optimum'], '+.2f'):>7}  {_f(r.get('gap_stderr')):>7}  "
+                       f"{_f(r['kl_address'], '.3f'):>7}")
+        out.append("  optimum: a perfect model of C disjoint classes on the row's targets: "
+                   "−log p(x | its own class's examples) + log C")
     cls = result.get("classification")
     if cls is not None:
-        out.append(f"Few-shot classification ({result.get('classification_episodes')} episodes, one query per class, "
-                   f"accuracy ± 95% CI)")
+        n_q, n_l = result.get("classification_episodes"), result.get("likelihood_episodes")
+        episodes = f"{n_q} episodes" if n_l in (None, n_q) else f"{n_q} episodes by q(a|x), {n_l} by likelihood"
+        out.append(f"Few-shot classification ({episodes}, one query per class, accuracy ± 95% CI)")
         out.append(f"  {'task':<14}  {'q(a|x)':>18}  {'likelihood (K=' + str(result.get('likelihood_samples')) + ')':>20}")
         for name, entry in cls.items():
             ways, shots = name.replace("shot", "").split("way")
@@ -881,9 +985,50 @@ def format_tables(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def format_comparison(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Several models' protocol results side by side: NLL vs examples, NLL vs classes (with each
+    model's own optimum) and classification accuracy, one column per model."""
+    labels = [label for label, _ in results]
+    blocks: list[tuple[str, str, list[list[str]]]] = []  # (title, first column, rows of cells)
+    for table, key, title in (("examples", "examples", "NLL bound vs examples of one class in memory (nats ± s.e.)"),
+                              ("classes", "classes", "NLL bound vs classes in memory (nats ± s.e. [optimum])")):
+        by = [{r[key]: r for r in (res.get(f"nll_vs_{table}") or [])} for _, res in results]
+        xs = sorted({x for rows in by for x in rows})
+        rows = []
+        for x in xs:
+            row = [str(x)]
+            for found in by:
+                r = found.get(x)
+                text = "—" if r is None else f"{_f(r['nll'])} ± {_f(r['stderr'], '.1f')}"
+                if r is not None and table == "classes":
+                    text += f" [{_f(r['optimum'], '.1f')}]"
+                row.append(text)
+            rows.append(row)
+        if rows:
+            blocks.append((title, key, rows))
+    tasks = list(dict.fromkeys(t for _, res in results for t in (res.get("classification") or {})))
+    rows = []
+    for t in tasks:
+        row = [t]
+        for _, res in results:
+            entry = (res.get("classification") or {}).get(t) or {}
+            row.append(" / ".join(f"{100 * entry[m]['accuracy']:.1f} ± {100 * (entry[m]['ci95'] or 0):.1f}"
+                                  if m in entry else "—" for m in METHODS))
+        rows.append(row)
+    if rows:
+        blocks.append(("Few-shot classification accuracy (% ± 95% CI: by q(a|x) / by likelihood)", "task", rows))
+    out: list[str] = []
+    for title, key, rows in blocks:
+        widths = [max(len(c) for c in col) for col in zip([key, *labels], *rows)]
+        out.append(title)
+        for row in [[key, *labels], *rows]:
+            out.append("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    return "\n".join(out)
+
+
 __all__ = [
     "DEFAULT_EXAMPLES", "DEFAULT_TASKS", "METHODS", "evaluate", "format_tables", "nll_table_examples",
     "nll_table_classes", "nll_over_episodes", "classification_accuracy", "lake_runs_accuracy", "class_log_scores",
-    "accuracy_summary", "wilson_interval", "optimum_nll", "class_counts", "sample_grid", "address_picture",
-    "line_plot", "nll_examples_plot", "nll_classes_plot", "methods_for", "derive_seed",
+    "accuracy_summary", "wilson_interval", "class_counts", "sample_grid", "address_picture",
+    "line_plot", "nll_examples_plot", "nll_classes_plot", "nll_comparison_plot", "format_comparison", "methods_for", "derive_seed",
 ]

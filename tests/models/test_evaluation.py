@@ -213,15 +213,14 @@ def test_nll_tables_rows_skips_and_optimum(dataset):
         assert r["episodes"] == 3 and r["targets"] == 3 and r["memory_size"] == r["examples"]
         assert math.isfinite(r["nll"]) and r["nll"] > 0 and r["stderr"] >= 0 and r["kl_address"] >= 0
 
+    assert rows[0]["change"] == 0.0 and all(r["change_stderr"] >= 0 for r in rows[1:])
+
     rows = ev.nll_table_classes(vma, dataset, SPLIT, examples_per_class=2, samples=4, episodes=3)
     assert [r["classes"] for r in rows] == [1, 2, 4, 6]
     assert [r["memory_size"] for r in rows] == [2, 4, 8, 12]
     assert [r["targets"] for r in rows] == [3, 6, 12, 18]
-    one = rows[0]["nll"]
     for r in rows:
-        assert r["optimum"] == one + math.log(r["classes"])
-    # C = 1 is the examples table's n = 2 row: the same episodes and the same importance samples
-    assert rows[0]["nll"] == ev.nll_table_examples(vma, dataset, SPLIT, examples=(2,), samples=4, episodes=3)[0]["nll"]
+        assert r["gap"] == pytest.approx(r["nll"] - r["optimum"], abs=1e-9) and r["gap_stderr"] >= 0
     # a C the split cannot hold is skipped, saying so
     lines.clear()
     rows = ev.nll_table_classes(vma, dataset, SPLIT, classes=(2, 7), examples_per_class=1, samples=2, episodes=2,
@@ -229,6 +228,25 @@ def test_nll_tables_rows_skips_and_optimum(dataset):
     assert [r["classes"] for r in rows] == [1, 2] and any("C=7 skipped" in line for line in lines)
     # models without an address report no KL(a)
     assert ev.nll_table_examples(tiny_model("vae"), dataset, SPLIT, examples=(1,), samples=2, episodes=2)[0]["kl_address"] is None
+
+
+def test_nll_tables_are_paired(dataset):
+    """Every row scores the same targets with the same noise: a model that ignores its memory (the
+    VAE) gives one number in every row, and the stub that scores a target by its own class's
+    examples has NLL 0 at every n and the optimum exactly log C at every C."""
+    vae = tiny_model("vae")
+    rows = ev.nll_table_examples(vae, dataset, SPLIT, examples=(1, 3, 10), samples=3, episodes=4, seed=3)
+    assert rows[0]["nll"] == rows[1]["nll"] == rows[2]["nll"] and rows[2]["change"] == 0.0
+    rows = ev.nll_table_classes(vae, dataset, SPLIT, classes=(1, 2, 6), examples_per_class=2, samples=3, episodes=4)
+    # one target at C = 1, two at C = 2, six at C = 6, from the same episodes: C = 1's target is among C = 2's
+    assert rows[0]["targets"] == 4 and rows[1]["targets"] == 8 and rows[2]["targets"] == 24
+    stub = Stub("right", feature="pixel")
+    rows = ev.nll_table_examples(stub, dataset, SPLIT, examples=(1, 2, 5), samples=2, episodes=5)
+    assert all(r["nll"] == 0.0 and r["change"] == 0.0 for r in rows)
+    rows = ev.nll_table_classes(stub, dataset, SPLIT, classes=(1, 2, 4, 6), examples_per_class=3, samples=2, episodes=5)
+    for r in rows:
+        assert r["nll"] == 0.0 and r["optimum"] == pytest.approx(math.log(r["classes"]))
+        assert r["gap"] == pytest.approx(-math.log(r["classes"]))
 
 
 def test_class_counts():
@@ -356,3 +374,20 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
     assert "evaluation protocol:" in err  # progress goes to stderr
     assert main(argv + ["--classification-episodes", "0"]) == 2
     assert "classification_episodes must be an int >= 1" in capsys.readouterr().err
+    # --tasks, --likelihood-episodes, --no-tables and --save (written whole, JSON equal to --json's)
+    saved = tmp_path / "eval.json"
+    fast = ["eval", str(tmp_path / "run"), "--samples", "2", "--episodes", "2", "--classification-episodes", "6",
+            "--likelihood-episodes", "3", "--tasks", "5x1,3x2", "--no-tables", "--no-pictures", "--save", str(saved)]
+    assert main(fast + ["--json"]) == 0
+    out, _ = capsys.readouterr()
+    p = json.loads(out)["protocol"]
+    assert json.loads(saved.read_text()) == json.loads(out)
+    assert list(p["classification"]) == ["5way1shot", "3way2shot"] and "nll_vs_examples" not in p
+    assert p["classification"]["3way2shot"]["q_a"]["episodes"] == 6
+    assert p["classification"]["3way2shot"]["likelihood"]["episodes"] == 3
+    saved.unlink()
+    for bad in ("5", "5x0", "1x1", "fivex1"):
+        with pytest.raises(SystemExit) as e:
+            main(fast[:-2] + ["--tasks", bad])
+        assert e.value.code == 2 and "WAYSxSHOTS" in capsys.readouterr().err
+    assert not saved.exists()

@@ -129,6 +129,7 @@ def test_vimco_gradient_is_unbiased(problem, variant, K):
     z = z_scores(per_draw, exact)
     assert torch.isfinite(z).all()
     worst = int(z.abs().argmax())
+    print(f"VIMCO {variant} K={K}: max |z| = {z.abs().max():.2f} over {z.numel()} coordinates, {NUM_DRAWS} draws")
     assert z.abs().max() < Z_ACCEPT, (
         f"VIMCO ({variant}, K={K}) mean gradient over {NUM_DRAWS} draws misses the exact gradient: "
         f"max |z| = {z.abs().max():.2f} at flat coordinate {worst}; z = {z.numpy().round(2).tolist()}"
@@ -145,6 +146,7 @@ def test_check_detects_biased_learning_signals(problem, variant, K, name):
     perturb, unbiased = PERTURBATIONS[name]
     exact = exact_gradient(params, data, K)
     z = z_scores(estimated_gradients(params, data, K, variant, perturb), exact).abs().max()
+    print(f"VIMCO {variant} K={K}, {name}: max |z| = {z:.2f} ({'unbiased' if unbiased else 'biased'})")
     if unbiased:
         assert z < Z_ACCEPT, f"{name}: an unbiased signal was rejected (max |z| = {z:.2f})"
     else:
