@@ -62,6 +62,7 @@ from episodes.files import atomic_write
 from episodes.sampler import EpisodeBatch, EpisodeSampler
 from episodes.stream import EpisodeStream
 from models.base import FewShotGenerativeModel, Objective
+from models.evaluation import decodes_per_pass
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -307,7 +308,10 @@ def evaluate_bound(
             done = 0
             for batch in batches:
                 b = batch.to(device)
-                ll = model.log_likelihood(b.memory, b.targets, samples, chunk=chunk)  # [G, T]
+                # ≤ decodes_per_pass (target, sample) decodes at a time: with the paper-size networks a
+                # pass of 100 samples × 32 targets held 7.6 GB on the CPU, and passes that large are slower
+                pass_chunk = max(1, min(chunk, decodes_per_pass(device) // b.targets.shape[:2].numel()))
+                ll = model.log_likelihood(b.memory, b.targets, samples, chunk=pass_chunk)  # [G, T]
                 obj = model.objective(b.memory, b.targets, num_samples)
                 per_episode["log_likelihood"].append(ll.mean(1).double().cpu())
                 for name in ("bound", "reconstruction", "kl_address", "kl_latent"):
