@@ -50,6 +50,7 @@ from distributed.config import (
     CONFIG_FILE,
     FACTORY_KEY,
     ConfigError,
+    OptimConfig,
     RunConfig,
     TrainingDiverged,
     atomic_write_text,
@@ -63,6 +64,7 @@ from episodes.sampler import EpisodeBatch, EpisodeSampler
 from episodes.stream import EpisodeStream
 from models.base import FewShotGenerativeModel, Objective
 from models.evaluation import decodes_per_pass
+from models.learned_memory import no_weight_decay_names
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -221,6 +223,22 @@ def build_model(config: RunConfig, image_shape: tuple[int, int]) -> FewShotGener
     if not isinstance(model, FewShotGenerativeModel):
         raise ConfigError(f"the model section built a {type(model).__name__}, not a models.base.FewShotGenerativeModel")
     return model
+
+
+def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Adam:
+    """Adam over the trainable parameters. ``optim.weight_decay`` applies to every parameter but a
+    learned memory's entries (VMA §4.3 trains those without weight decay); these get a group of
+    their own with weight_decay 0, placed second."""
+    exempt = set(no_weight_decay_names(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ConfigError("the model has no trainable parameters")
+    groups = [{"params": [p for n, p in named if n not in exempt]}]
+    if exempt and o.weight_decay > 0:
+        groups.append({"params": [p for n, p in named if n in exempt], "weight_decay": 0.0})
+    else:
+        groups[0]["params"] = [p for _, p in named]
+    return torch.optim.Adam(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
 
 def eval_batches(dataset: Dataset, config: RunConfig, episodes: int, seed: int) -> Iterator[EpisodeBatch]:
@@ -490,11 +508,7 @@ def train(
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)  # the same initial parameters on every rank
     model = build_model(config, dataset.image_shape).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("the model has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
-                                 weight_decay=config.optim.weight_decay)
+    optimizer = build_optimizer(model, config.optim)
     seed_everything(noise_seed(tc.seed, context.rank))  # the training noise: per rank
     stream = EpisodeStream(dataset, config.train_spec(), seed=tc.seed, rank=context.rank, world_size=context.world_size,
                            batch=tc.episodes_per_step, pin_memory=device.type == "cuda")

@@ -230,3 +230,30 @@ def test_real_models_train_and_resume_exactly(tiny_data, tmp_path, name):
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     final = json.loads((split / FINAL_FILE).read_text())
     assert final["val"]["nll_bound"] > 0 and ("accuracy" in final["val"]) == (name == "vma")
+
+
+def test_learned_memory_is_trained_without_weight_decay():
+    """VMA §4.3: weight decay on every parameter but the learned memory's entries."""
+    from distributed.config import OptimConfig
+    from distributed.train_loop import build_optimizer
+    from models.learned_memory import no_weight_decay_names
+    from tests.models.tiny import tiny_model
+
+    model = tiny_model("vma", "mlp", 8, seed=0, memory="learned", learned_memory_size=6)
+    opt = build_optimizer(model, OptimConfig(lr=1e-3, weight_decay=3e-4))
+    decayed, exempt = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in exempt["params"]] == no_weight_decay_names(model) != []
+    assert exempt["weight_decay"] == 0.0 and decayed["weight_decay"] == 3e-4
+    assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
+    # a step with zero gradients moves decayed parameters (towards 0) and leaves the memory alone
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not moved & {names[id(p)] for p in exempt["params"]}
+    assert moved  # weight decay did act on the rest
+    # without learned memory, or without weight decay: one group
+    assert len(build_optimizer(tiny_model("vae", "mlp", 8, seed=0), OptimConfig(weight_decay=3e-4)).param_groups) == 1
+    assert len(build_optimizer(model, OptimConfig()).param_groups) == 1
