@@ -6,6 +6,7 @@ printed as one ``varmem: error: ...`` line with exit status 2, never as a traceb
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -59,6 +60,9 @@ def run_command(func, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("varmem: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `varmem ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@
     varmem eval RUN_DIR [--samples K] [--episodes N] [--seed S] [--checkpoint FILE] [--json]
                 [--out-dir DIR] [--lake-runs DIR] [--no-pictures] [--classification-episodes N]
                 [--likelihood-episodes N] [--likelihood-samples K] [--tasks 5x1,20x1] [--no-tables] [--save FILE]
-    varmem compare LABEL=EVAL.json ... [--out-dir DIR]       (runs side by side; the NLL plots)
+    varmem compare LABEL=EVAL.json ... [--out-dir DIR] [--markdown]   (runs side by side; the NLL plots)
 
 Nothing here imports torch until a command runs: ``varmem data ...`` stays light.
 """
@@ -62,6 +62,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
                    help="a label and a JSON file written by `varmem eval --save` (or --json)")
     c.add_argument("--out-dir", type=Path, default=None,
                    help="write nll_vs_examples.png and nll_vs_classes.png here")
+    c.add_argument("--markdown", action="store_true", help="print Markdown tables")
     c.set_defaults(func=_compare)
 
 
@@ -165,7 +166,7 @@ def _compare(args: argparse.Namespace) -> int:
         if not isinstance(protocol, dict):
             raise DataError(f"{path}: no \"protocol\" field: not the output of `varmem eval --save` / `--json`")
         results.append((label, protocol))
-    print(format_comparison(results))
+    print(format_comparison(results, markdown=args.markdown))
     if args.out_dir is not None:
         for table in ("examples", "classes"):
             if any(res.get(f"nll_vs_{table}") for _, res in results):

@@ -985,9 +985,10 @@ def format_tables(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def format_comparison(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
+def format_comparison(results: Sequence[tuple[str, dict[str, Any]]], markdown: bool = False) -> str:
     """Several models' protocol results side by side: NLL vs examples, NLL vs classes (with each
-    model's own optimum) and classification accuracy, one column per model."""
+    model's own optimum) and classification accuracy, one column per model; as console tables or
+    (``markdown``) as Markdown tables under bold titles."""
     labels = [label for label, _ in results]
     blocks: list[tuple[str, str, list[list[str]]]] = []  # (title, first column, rows of cells)
     for table, key, title in (("examples", "examples", "NLL bound vs examples of one class in memory (nats ± s.e.)"),
@@ -1019,11 +1020,15 @@ def format_comparison(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
         blocks.append(("Few-shot classification accuracy (% ± 95% CI: by q(a|x) / by likelihood)", "task", rows))
     out: list[str] = []
     for title, key, rows in blocks:
+        if markdown:
+            out += ["", f"**{title}**", "", "| " + " | ".join([key, *labels]) + " |", "|" + "---|" * (len(labels) + 1)]
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+            continue
         widths = [max(len(c) for c in col) for col in zip([key, *labels], *rows)]
         out.append(title)
         for row in [[key, *labels], *rows]:
             out.append("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
-    return "\n".join(out)
+    return "\n".join(out).strip("\n")
 
 
 __all__ = [

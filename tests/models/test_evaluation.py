@@ -391,3 +391,37 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
             main(fast[:-2] + ["--tasks", bad])
         assert e.value.code == 2 and "WAYSxSHOTS" in capsys.readouterr().err
     assert not saved.exists()
+
+
+def test_varmem_compare(tmp_path, capsys):
+    """Two saved evaluations side by side: every model's rows under its label, a gap where a model
+    has no row, the plots written; bad files are one-line errors."""
+    def saved(name, nlls, acc=None):
+        rows = [{"examples": n, "nll": v, "stderr": 0.5} for n, v in nlls.items()]
+        classes = [{"classes": 1, "nll": 90.0, "stderr": 1.0, "optimum": 90.0},
+                   {"classes": 4, "nll": 93.5, "stderr": 1.0, "optimum": 91.39}]
+        protocol = {"nll_vs_examples": rows, "nll_vs_classes": classes, "classification": {}}
+        if acc is not None:
+            protocol["classification"]["5way1shot"] = {"q_a": {"accuracy": acc, "ci95": 0.01}}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"protocol": protocol}))
+        return path
+
+    a = saved("vma", {1: 96.09, 2: 91.08, 19: 83.51}, acc=0.8662)
+    b = saved("vae", {1: 110.0, 2: 110.0})
+    assert main(["compare", f"VMA={a}", f"VAE={b}", "--out-dir", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    row19 = next(line for line in out.splitlines() if line.strip().startswith("19 "))
+    assert "83.51 ± 0.5" in row19 and row19.rstrip().endswith("—")  # the VAE has no n = 19 row
+    assert "93.50 ± 1.0 [91.4]" in out and "86.6 ± 1.0 / —" in out
+    for name in ("nll_vs_examples.png", "nll_vs_classes.png"):
+        assert Image.open(tmp_path / "plots" / name).size == (640, 400)
+    assert main(["compare", f"VMA={a}", "--markdown"]) == 0
+    assert "| 2 | 91.08 ± 0.5 |" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    for arg, needle in ((f"X={tmp_path / 'missing.json'}", "no such file"), (f"X={tmp_path / 'bad.json'}", "not a JSON"),
+                        (f"X={tmp_path / 'other.json'}", 'no "protocol" field')):
+        assert main(["compare", arg]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("varmem: error:") and needle in err and "Traceback" not in err
