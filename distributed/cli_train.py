@@ -6,7 +6,7 @@
     python -m distributed.train ...                          (the same flags; the form for `ray job submit`)
     varmem eval RUN_DIR [--samples K] [--episodes N] [--seed S] [--checkpoint FILE] [--json]
                 [--out-dir DIR] [--lake-runs DIR] [--no-pictures] [--classification-episodes N]
-                [--likelihood-episodes N] [--likelihood-samples K] [--tasks 5x1,20x1] [--no-tables] [--save FILE]
+                [--likelihood-episodes N] [--likelihood-samples K] [--tasks 5x1,20x1|none] [--tables all|examples|classes|none] [--save FILE]
     varmem compare LABEL=EVAL.json ... [--out-dir DIR] [--markdown]   (runs side by side; the NLL plots)
 
 Nothing here imports torch until a command runs: ``varmem data ...`` stays light.
@@ -49,8 +49,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--likelihood-samples", type=int, default=10, metavar="K",
                    help="importance samples of each p(x|M_c) in classification by likelihood")
     e.add_argument("--tasks", type=_tasks, default=None, metavar="WxS,...",
-                   help="N-way K-shot classification tasks, e.g. 5x1,20x1 (default: 5x1,5x5,20x1,20x5)")
-    e.add_argument("--no-tables", action="store_true", help="skip the NLL-vs-examples and NLL-vs-classes tables")
+                   help="N-way K-shot classification tasks, e.g. 5x1,20x1, or none (default: 5x1,5x5,20x1,20x5)")
+    e.add_argument("--tables", choices=("all", "examples", "classes", "none"), default="all",
+                   help="which NLL tables: vs examples of one class, vs classes in memory (default: all)")
     e.add_argument("--save", type=Path, default=None, metavar="FILE",
                    help="also write the result as JSON to FILE (atomically: a failed run leaves no partial file)")
     e.set_defaults(func=_eval)
@@ -132,7 +133,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tasks(text: str) -> tuple[tuple[int, int], ...]:
-    """``5x1,20x1`` → ((5, 1), (20, 1)); argparse turns the ValueError into a usage error."""
+    """``5x1,20x1`` → ((5, 1), (20, 1)); ``none`` → () (no classification)."""
+    if text.strip().lower() == "none":
+        return ()
     out = []
     for part in text.split(","):
         ways, sep, shots = part.strip().lower().partition("x")
@@ -180,8 +183,10 @@ def _eval(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,
                "classification_episodes": args.classification_episodes, "likelihood_episodes": args.likelihood_episodes,
-               "likelihood_samples": args.likelihood_samples, "tables": not args.no_tables}
-    if args.tasks is not None:
+               "likelihood_samples": args.likelihood_samples, "tables": {"all": True, "none": False}.get(args.tables, (args.tables,))}
+    if args.tasks == ():
+        options["classification"] = False
+    elif args.tasks is not None:
         options["tasks"] = args.tasks
     result = evaluate_run(run, samples=args.samples, episodes=args.episodes, seed=args.seed, progress=True,
                           protocol_options=options)

@@ -509,6 +509,7 @@ def train(
     seed_everything(tc.seed)  # the same initial parameters on every rank
     model = build_model(config, dataset.image_shape).to(device)
     optimizer = build_optimizer(model, config.optim)
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the trainable ones
     seed_everything(noise_seed(tc.seed, context.rank))  # the training noise: per rank
     stream = EpisodeStream(dataset, config.train_spec(), seed=tc.seed, rank=context.rank, world_size=context.world_size,
                            batch=tc.episodes_per_step, pin_memory=device.type == "cuda")

@@ -65,6 +65,7 @@ DEFAULT_EXAMPLES = (1, 2, 3, 4, 5, 10, 19)
 # (ways, shots) of the classification table (VMA §4.3: 91% / 97% / 77% / 90%).
 DEFAULT_TASKS = ((5, 1), (5, 5), (20, 1), (20, 5))
 METHODS = ("q_a", "likelihood")
+TABLES = ("examples", "classes")  # NLL vs examples of one class, NLL vs classes in memory
 Z95 = 1.959963984540054  # Φ^{-1}(0.975)
 
 # Per ``log_likelihood`` pass: (target, sample) decoder evaluations per chunk, by device type.
@@ -821,7 +822,7 @@ def nll_comparison_plot(results: Sequence[tuple[str, dict[str, Any]]], table: st
 
 
 def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None = None, out_dir: str | Path | None = None,
-             tables: bool = True, classification: bool = True, lake_runs: str | Path | None = None, pictures: bool = True,
+             tables: bool | Sequence[str] = True, classification: bool = True, lake_runs: str | Path | None = None, pictures: bool = True,
              progress: Callable[[str], None] | None = print, classification_episodes: int = 1000,
              likelihood_samples: int = 10, likelihood_episodes: int | None = None,
              examples: Sequence[int] = DEFAULT_EXAMPLES, examples_per_class: int = 5,
@@ -829,7 +830,8 @@ def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None 
              chunk: int | None = None, exact_address: bool = False) -> dict[str, Any]:
     """The evaluation protocol of a :class:`distributed.train_loop.LoadedRun`, on its eval split.
 
-    ``samples``: K of the NLL tables' bound; ``episodes``: episodes per table row;
+    ``samples``: K of the NLL tables' bound; ``episodes``: episodes per table; ``tables``: True
+    (both), False, or some of :data:`TABLES`; ``classification``: False skips the tasks;
     ``classification_episodes`` per N-way K-shot task (``tasks``: (ways, shots) pairs, one query
     per class, classes drawn from ``alphabet`` "any" or "within" one alphabet);
     ``likelihood_samples``: K of each p(x|M_c) of likelihood classification, over
@@ -859,12 +861,16 @@ def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None 
     t_start = time.perf_counter()
     say.say(f"evaluation protocol: {type(model).__name__} on {Path(dataset.directory).name}/{split}, seed {seed}")
 
-    if tables:
+    tables = set(TABLES if tables is True else () if tables is False else tables)
+    if tables - set(TABLES):
+        raise DataError(f"evaluation: tables must be among {', '.join(TABLES)}, got {', '.join(sorted(tables))}")
+    if "examples" in tables:
         _, why = examples_that_fit(dataset, split, examples)
         skipped.extend(why)
         result["nll_vs_examples"] = nll_table_examples(
             model, dataset, split, examples=examples, samples=samples, episodes=episodes, seed=seed, chunk=chunk,
             exact_address=exact_address, progress=say, **data)
+    if "classes" in tables:
         skipped.extend(classes_that_fit(dataset, split, None, examples_per_class, max_classes)[1])
         result["nll_vs_classes"] = nll_table_classes(
             model, dataset, split, examples_per_class=examples_per_class, max_classes=max_classes, samples=samples,

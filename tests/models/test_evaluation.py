@@ -374,10 +374,10 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
     assert "evaluation protocol:" in err  # progress goes to stderr
     assert main(argv + ["--classification-episodes", "0"]) == 2
     assert "classification_episodes must be an int >= 1" in capsys.readouterr().err
-    # --tasks, --likelihood-episodes, --no-tables and --save (written whole, JSON equal to --json's)
+    # --tasks, --likelihood-episodes, --tables and --save (written whole, JSON equal to --json's)
     saved = tmp_path / "eval.json"
     fast = ["eval", str(tmp_path / "run"), "--samples", "2", "--episodes", "2", "--classification-episodes", "6",
-            "--likelihood-episodes", "3", "--tasks", "5x1,3x2", "--no-tables", "--no-pictures", "--save", str(saved)]
+            "--likelihood-episodes", "3", "--tasks", "5x1,3x2", "--tables", "none", "--no-pictures", "--save", str(saved)]
     assert main(fast + ["--json"]) == 0
     out, _ = capsys.readouterr()
     p = json.loads(out)["protocol"]
@@ -385,6 +385,9 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
     assert list(p["classification"]) == ["5way1shot", "3way2shot"] and "nll_vs_examples" not in p
     assert p["classification"]["3way2shot"]["q_a"]["episodes"] == 6
     assert p["classification"]["3way2shot"]["likelihood"]["episodes"] == 3
+    assert main(fast[:-2] + ["--tables", "examples", "--tasks", "none", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)["protocol"]
+    assert "nll_vs_examples" in p and "nll_vs_classes" not in p and "classification" not in p
     saved.unlink()
     for bad in ("5", "5x0", "1x1", "fivex1"):
         with pytest.raises(SystemExit) as e:
