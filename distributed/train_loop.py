@@ -776,13 +776,18 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
 
 
 def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, seed: int | None = None,
-                 progress: bool = False, protocol_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                 progress: bool = False, protocol_options: dict[str, Any] | None = None,
+                 bound_episodes: int | None = None) -> dict[str, Any]:
     """The test NLL bound with ``samples`` importance samples, its KL parts and (address models) accuracy
-    on ``episodes`` fixed episodes of the eval split, and the evaluation protocol's results under
-    "protocol" (``protocol_options``: more keyword arguments of :func:`models.evaluation.evaluate`,
+    on ``bound_episodes`` (default ``episodes``) fixed episodes of the config's eval shape, and the
+    evaluation protocol's results under "protocol", its tables over ``episodes`` episodes
+    (``protocol_options``: more keyword arguments of :func:`models.evaluation.evaluate`,
     e.g. ``out_dir``, ``lake_runs``, ``pictures``, ``classification_episodes``)."""
-    if samples < 1 or episodes < 1:
-        raise ConfigError(f"--samples and --episodes must be ≥ 1, got {samples} and {episodes}")
+    table_episodes = episodes
+    episodes = episodes if bound_episodes is None else bound_episodes
+    if samples < 1 or episodes < 1 or table_episodes < 1:
+        raise ConfigError(f"--samples, --episodes and --bound-episodes must be ≥ 1, got {samples}, {table_episodes} "
+                          f"and {episodes}")
     seed = run.config.train.val_seed if seed is None else seed
     spec = run.config.eval_spec()
     batches = eval_batches(run.dataset, run.config, episodes, seed)
@@ -812,6 +817,6 @@ def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, se
 
     options = {"progress": (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
                **(protocol_options or {})}
-    result["protocol"] = evaluate(run, samples=samples, episodes=episodes, seed=seed, **options)
+    result["protocol"] = evaluate(run, samples=samples, episodes=table_episodes, seed=seed, **options)
     return result
 

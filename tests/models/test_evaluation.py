@@ -385,9 +385,11 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
     assert list(p["classification"]) == ["5way1shot", "3way2shot"] and "nll_vs_examples" not in p
     assert p["classification"]["3way2shot"]["q_a"]["episodes"] == 6
     assert p["classification"]["3way2shot"]["likelihood"]["episodes"] == 3
-    assert main(fast[:-2] + ["--tables", "examples", "--tasks", "none", "--json"]) == 0
-    p = json.loads(capsys.readouterr().out)["protocol"]
+    assert main(fast[:-2] + ["--tables", "examples", "--tasks", "none", "--bound-episodes", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    p = r["protocol"]
     assert "nll_vs_examples" in p and "nll_vs_classes" not in p and "classification" not in p
+    assert r["episodes"] == 1 and p["episodes"] == 2 and p["nll_vs_examples"][0]["episodes"] == 2
     saved.unlink()
     for bad in ("5", "5x0", "1x1", "fivex1"):
         with pytest.raises(SystemExit) as e:
