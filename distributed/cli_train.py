@@ -208,7 +208,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"  NLL bound (K={result['samples']})       {result['nll_bound']:10.3f} ± {result['nll_bound_stderr']:.3f} nats")
     print(f"  NLL bound (K={result['objective_samples']}, objective)  {result['objective_nll_bound']:10.3f} nats")
     print(f"    reconstruction           {-result['reconstruction']:10.3f} nats")
-    print(f"    KL(q(a|x) || p(a))       {result['kl_address']:10.3f} nats")
+    if getattr(run.model, "has_address", False):
+        print(f"    KL(q(a|x) || p(a))       {result['kl_address']:10.3f} nats")
     print(f"    KL(q(z|a,x) || p(z|a))   {result['kl_latent']:10.3f} nats")
     if "accuracy" in result:
         print(f"  few-shot accuracy (q(a|x)) {100 * result['accuracy']:9.2f} ± {100 * result['accuracy_stderr']:.2f} %")

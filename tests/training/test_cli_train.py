@@ -1,7 +1,6 @@
 """`varmem train` and `varmem eval` through distributed.cli.main: exit codes, one-line errors, outputs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -40,13 +39,13 @@ def test_train_then_eval_json(cfg_file, tmp_path, capsys):
     for key in ("nll_bound", "nll_bound_stderr", "kl_address", "kl_latent", "reconstruction", "objective_nll_bound"):
         assert isinstance(result[key], float), key
     assert result["nll_bound"] > 0
-    if importlib.util.find_spec("models.evaluation") is None:
-        assert "protocol" not in result  # the evaluation protocol's hook is skipped without its module
+    assert "nll_vs_examples" in result["protocol"]
     # the same episodes and samples again: the same numbers
     assert json.loads(run(["eval", out, "--samples", 12, "--episodes", 3, "--json"], capsys)[1])["nll_bound"] == result["nll_bound"]
 
     rc, o, _ = run(["eval", out, "--samples", 4, "--episodes", 2], capsys)
-    assert rc == 0 and "NLL bound (K=4)" in o and "KL(q(a|x) || p(a))" in o
+    assert rc == 0 and "NLL bound (K=4)" in o and "KL(q(z|a,x) || p(z|a))" in o
+    assert "KL(q(a|x) || p(a))" not in o  # the stand-in model has no address
 
 
 def test_resume_from_the_run_directory_alone(cfg_file, tmp_path, capsys):
