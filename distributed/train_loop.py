@@ -768,6 +768,8 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     state = load_checkpoint(source)
     dev = resolve_device(device, config)
     dataset = open_dataset(config)
+    if config.train.threads:  # as in training: oversubscribed intra-op threads stall each other
+        torch.set_num_threads(config.train.threads)
     model = build_model(config, dataset.image_shape)
     model.load_state_dict(state["model"])
     model.to(dev).eval()
