@@ -543,16 +543,22 @@ def _diff(a: Any, b: Any, where: str, out: list[str]) -> None:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml_file(path: str | Path, what: str = "config file", error: type[ConfigError] = ConfigError) -> Any:
+    """The YAML document at ``path``; a missing file or bad YAML is ``error`` naming ``what``, the
+    path and, for bad YAML, the line and column."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise error(f"{what} {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -233,11 +233,11 @@ def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Adam:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ConfigError("the model has no trainable parameters")
-    groups = [{"params": [p for n, p in named if n not in exempt]}]
     if exempt and o.weight_decay > 0:
-        groups.append({"params": [p for n, p in named if n in exempt], "weight_decay": 0.0})
+        groups = [{"params": [p for n, p in named if n not in exempt]},
+                  {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
     else:
-        groups[0]["params"] = [p for _, p in named]
+        groups = [{"params": [p for _, p in named]}]
     return torch.optim.Adam(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
 

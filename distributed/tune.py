@@ -97,7 +97,7 @@ from typing import Any, Callable
 
 import yaml
 
-from distributed.config import ConfigError, RunConfig, atomic_write_text, read_yaml
+from distributed.config import ConfigError, RunConfig, atomic_write_text, load_yaml_file, read_yaml
 
 METRIC = "val_nll_bound"  # the newest validation NLL bound (nats): the search's metric
 MODE = "min"
@@ -176,16 +176,7 @@ Space = dict  # str -> Param, in the file's order
 
 def load_space(path: str | Path) -> Space:
     """The space file at ``path``, parsed (not yet checked against a config)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpaceError(f"space file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise SpaceError(f"space file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_space(raw, str(path))
+    return parse_space(load_yaml_file(path, "space file", SpaceError), str(path))
 
 
 def parse_space(raw: Any, where: str = "space") -> Space:
