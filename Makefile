@@ -35,4 +35,4 @@ test: setup
 	$(BIN)/python -m pytest tests -q
 
 bench: setup
-	$(BIN)/python -m benchmarks.bench_episodes
+	$(BIN)/python -m varmem.benchmarks.bench_episodes

@@ -1,6 +1,14 @@
 """varmem: memory-augmented generative few-shot models, Triton kernels, Ray training."""
 from setuptools import find_packages, setup
 
+# One import name: the top-level folders are installed as varmem.<folder> (never as bare
+# `distributed`, `kernels`, ...: those names belong to Dask and other projects).
+SUBPACKAGES = ("episodes", "kernels", "models", "distributed", "benchmarks")
+PACKAGES = ["varmem"] + [
+    f"varmem.{p}" for top in SUBPACKAGES for p in find_packages(include=[top, f"{top}.*"])
+]
+PACKAGE_DIR = {"varmem": "varmem", **{f"varmem.{top}": top for top in SUBPACKAGES}}
+
 setup(
     name="varmem",
     version="0.1.0",
@@ -11,7 +19,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["episodes*", "kernels*", "models*", "distributed*", "benchmarks*"]),
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
     install_requires=[
         # torch 2.11 to 2.13 is what we test; install torch first on CPU-only machines
         # (a bare requirement pulls a multi-GB CUDA build).
@@ -30,5 +39,5 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2"],
     },
-    entry_points={"console_scripts": ["varmem=distributed.cli:main"]},
+    entry_points={"console_scripts": ["varmem=varmem.distributed.cli:main"]},
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import harness
+from varmem.benchmarks import harness
 
 PROVIDERS = ("triton", "eager", "compile")
 MODES = ("fwd", "bwd", "full")

@@ -1,6 +1,6 @@
 """Training throughput in-process and on Ray Train, the data-wait share and the time to the first step.
 
-Each case is one ``python -m distributed.train`` process, as a user runs it (a Ray case starts its
+Each case is one ``python -m varmem.distributed.train`` process, as a user runs it (a Ray case starts its
 own local cluster, so the time to the first step includes ``ray.init``):
 
 * ``in-process``  ``--workers 0``: no Ray;
@@ -15,7 +15,7 @@ median share of step time spent waiting for episodes (``data_wait``), rank 0's C
 the command to the end of its first step, and the total wall time. Goals: Ray at 1 worker within
 10% of in-process at steady state; data wait < 5%.
 
-    python -m benchmarks.bench_distributed [--config configs/smoke_tiny.yaml] [--steps 300] [--cases in-process,ray-1,ray-2]
+    python -m varmem.benchmarks.bench_distributed [--config configs/smoke_tiny.yaml] [--steps 300] [--cases in-process,ray-1,ray-2]
     varmem bench distributed ...
 
 The machine's 1-minute load average is recorded before and after each case: on a shared machine
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import RESULTS_DIR, environment, format_table, progress, write_results
+from varmem.benchmarks.harness import RESULTS_DIR, environment, format_table, progress, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {"in-process": 0, "ray-1": 1, "ray-2": 2}
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_case(name: str, workers: int, args: argparse.Namespace, data: Path, workdir: Path, repeat: int) -> dict[str, Any]:
     run_dir = workdir / f"run-{name}-{repeat}"
     log = workdir / f"{name}-{repeat}.log"
-    cmd = [sys.executable, "-m", "distributed.train", "--config", str(args.config), "--out", str(run_dir), "--overwrite",
+    cmd = [sys.executable, "-m", "varmem.distributed.train", "--config", str(args.config), "--out", str(run_dir), "--overwrite",
            "--steps", str(args.steps), "--workers", str(workers), "--set", f"data.dir={data}",
            "--set", f"train.log_every={args.log_every}", "--set", "train.val_every=0",  # one small validation, at the end
            "--set", "train.val_episodes=2", "--set", "train.val_samples=10",
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     workdir.mkdir(parents=True, exist_ok=True)
     data = args.data
     if data is None:
-        from distributed.config import RunConfig
+        from varmem.distributed.config import RunConfig
 
         data = Path(RunConfig.from_yaml(args.config).data.dir)
         data = data if data.is_absolute() else REPO / data
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             data = workdir / "smoke_tiny"
             if not (data / "manifest.json").is_file():
                 progress(f"building the smoke dataset in {data}")
-                subprocess.run([sys.executable, "-m", "distributed.cli", "data", "build", *SMOKE_DATA, "--out", str(data),
+                subprocess.run([sys.executable, "-m", "varmem.distributed.cli", "data", "build", *SMOKE_DATA, "--out", str(data),
                                 "--quiet"], cwd=REPO, check=True)
 
     rows = [run_case(name, CASES[name], args, data, workdir, repeat) for repeat in range(args.repeats) for name in cases]
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_distributed", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m varmem.benchmarks.bench_distributed", description=__doc__.split("\n")[0])
     add_arguments(p)
     run(p.parse_args(argv))
     return 0

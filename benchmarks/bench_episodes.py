@@ -9,7 +9,7 @@ Measures (one CSV/JSON row each, with the machine and versions):
   workers (actors of one CPU each, each memory-mapping the shards itself).
   Goal: ≥ 2,000 episodes/s in-process on one core, a Ray worker within 20% of that.
 
-    python -m benchmarks.bench_episodes [--classes 1000] [--episodes 4000] [--no-ray]
+    python -m varmem.benchmarks.bench_episodes [--classes 1000] [--episodes 4000] [--no-ray]
     varmem bench episodes ...
 """
 from __future__ import annotations
@@ -50,9 +50,9 @@ def time_sampler(dataset_dir: str, episodes: int, mode: str = "sampler") -> tupl
     sustains even when other work shares the machine; the wall rate is what was seen."""
     import torch
 
-    from episodes.sampler import EpisodeSampler
-    from episodes.spec import EpisodeSpec
-    from episodes.stream import EpisodeStream
+    from varmem.episodes.sampler import EpisodeSampler
+    from varmem.episodes.spec import EpisodeSpec
+    from varmem.episodes.stream import EpisodeStream
 
     torch.set_num_threads(1)
     spec = EpisodeSpec.vma_training("background")
@@ -91,10 +91,10 @@ def _ray_rates(dataset_dir: str, workers: int, episodes: int) -> list[tuple[floa
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from benchmarks import harness
-    from episodes.build import build_dataset
-    from episodes.preprocess import Preprocessing
-    from episodes.sources.strokes import StrokesSource
+    from varmem.benchmarks import harness
+    from varmem.episodes.build import build_dataset
+    from varmem.episodes.preprocess import Preprocessing
+    from varmem.episodes.sources.strokes import StrokesSource
 
     env = harness.environment("cpu")
     rows: list[dict] = []
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append({"measure": "build", "case": f"strokes {args.classes}x{args.images_per_class} @26", "seconds": dt,
                      "images": n, "rate": n / dt, "unit": "images/s", "workers": m["build"]["workers"], "goal": "< 60 s"})
         if args.omniglot and Path(args.omniglot).exists():
-            from episodes.sources.omniglot import OmniglotSource
+            from varmem.episodes.sources.omniglot import OmniglotSource
 
             for size in (26, 28):
                 harness.progress(f"building {Path(args.omniglot).name} at {size}×{size} ...")

@@ -7,7 +7,7 @@ small glimpses (4096, 1, 28, 28, 5) and Omniglot-sized images (64, 1, 105, 105, 
 ``--quick`` keeps the first two. On CPU (eager and compile only): (16, 1, 28, 28, 12), and with
 ``--quick`` that alone; otherwise also (256, 1, 28, 28, 12).
 
-    python -m benchmarks.bench_gaussian_attention [--quick] [--device cuda]
+    python -m varmem.benchmarks.bench_gaussian_attention [--quick] [--device cuda]
     varmem bench kernels --only gaussian_attention
 
 Bytes moved, the minimum a fused implementation reads and writes (e = element size;
@@ -23,15 +23,15 @@ import argparse
 
 import torch
 
-from benchmarks import harness
-from benchmarks._autograd_bench import finish, measure, resolve
+from varmem.benchmarks import harness
+from varmem.benchmarks._autograd_bench import finish, measure, resolve
 
 STEM = "gaussian_attention"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmarks.cli import _kernel_common_arguments
+    from varmem.benchmarks.cli import _kernel_common_arguments
 
     _kernel_common_arguments(p)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of images, patches and params")
@@ -46,8 +46,8 @@ def grid(device: torch.device, quick: bool) -> list[tuple[int, int, int, int, in
 
 def _callables(provider: str):
     """(read, write) for a provider."""
-    from kernels.dispatch import use_backend
-    from kernels.gaussian_attention import gaussian_read, gaussian_read_reference, gaussian_write, gaussian_write_reference
+    from varmem.kernels.dispatch import use_backend
+    from varmem.kernels.gaussian_attention import gaussian_read, gaussian_read_reference, gaussian_write, gaussian_write_reference
 
     if provider == "compile":
         return torch.compile(gaussian_read_reference), torch.compile(gaussian_write_reference)
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gaussian_attention", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m varmem.benchmarks.bench_gaussian_attention", description=__doc__.splitlines()[0])
     add_arguments(parser)
     run(parser.parse_args(argv))
     return 0

@@ -6,8 +6,8 @@ bwd / full. Grid on CUDA: B ∈ {32, 256}, d = 128, M ∈ {1e4, 1e5, 1e6, 1e7} (
 are rows with an ``error``); ``--quick`` or CPU (eager and compile only): B = 8, d = 32,
 M ∈ {512, 4096}.
 
-    python -m benchmarks.bench_memory_addressing [--quick] [--device cuda] [--providers triton,eager]
-    python -m benchmarks.bench_memory_addressing --max-m [--max-m-batch 32]   # GPU: largest M that fits
+    python -m varmem.benchmarks.bench_memory_addressing [--quick] [--device cuda] [--providers triton,eager]
+    python -m varmem.benchmarks.bench_memory_addressing --max-m [--max-m-batch 32]   # GPU: largest M that fits
     varmem bench kernels --only memory_addressing
 
 Bytes moved, the minimum a fused implementation reads and writes (e = element size; the
@@ -26,8 +26,8 @@ import argparse
 
 import torch
 
-from benchmarks import harness
-from benchmarks._autograd_bench import finish, measure, resolve
+from varmem.benchmarks import harness
+from varmem.benchmarks._autograd_bench import finish, measure, resolve
 
 STEM = "memory_addressing"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -35,7 +35,7 @@ NUM_SAMPLES = 4  # VMA trains with K = 4 posterior samples
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmarks.cli import _kernel_common_arguments
+    from varmem.benchmarks.cli import _kernel_common_arguments
 
     _kernel_common_arguments(p)
     add_memory_arguments(p)
@@ -74,8 +74,8 @@ def make_inputs(B: int, M: int, d: int, dtype: torch.dtype, device: torch.device
 
 
 def _call(provider: str, tf32: bool):
-    from kernels.dispatch import use_backend
-    from kernels.memory_addressing import memory_addressing, memory_addressing_reference
+    from varmem.kernels.dispatch import use_backend
+    from varmem.kernels.memory_addressing import memory_addressing, memory_addressing_reference
 
     if provider == "compile":
         compiled = torch.compile(memory_addressing_reference)
@@ -184,7 +184,7 @@ def run_max_m(args, device: torch.device, providers: list[str], dtype: torch.dty
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_memory_addressing", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m varmem.benchmarks.bench_memory_addressing", description=__doc__.splitlines()[0])
     add_arguments(parser)
     run(parser.parse_args(argv))
     return 0

@@ -5,7 +5,7 @@ Modes fwd / bwd / full. Grid on CUDA: B ∈ {32, 256}, d = dv = 128, M ∈ {1e4,
 (cases that do not fit are rows with an ``error``); ``--quick`` or CPU (eager and compile only):
 B = 8, d = dv = 32, M ∈ {512, 4096}.
 
-    python -m benchmarks.bench_memory_read [--quick] [--device cuda] [--providers triton,eager]
+    python -m varmem.benchmarks.bench_memory_read [--quick] [--device cuda] [--providers triton,eager]
     varmem bench kernels --only memory_read
 
 Bytes moved, the minimum a fused implementation reads and writes (e = element size, inverse key
@@ -21,23 +21,23 @@ import argparse
 
 import torch
 
-from benchmarks import harness
-from benchmarks._autograd_bench import finish, measure, resolve
-from benchmarks.bench_memory_addressing import DTYPES, add_memory_arguments, grid
+from varmem.benchmarks import harness
+from varmem.benchmarks._autograd_bench import finish, measure, resolve
+from varmem.benchmarks.bench_memory_addressing import DTYPES, add_memory_arguments, grid
 
 STEM = "memory_read"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmarks.cli import _kernel_common_arguments
+    from varmem.benchmarks.cli import _kernel_common_arguments
 
     _kernel_common_arguments(p)
     add_memory_arguments(p)
 
 
 def _call(provider: str, tf32: bool):
-    from kernels.dispatch import use_backend
-    from kernels.memory_read import memory_read, memory_read_reference
+    from varmem.kernels.dispatch import use_backend
+    from varmem.kernels.memory_read import memory_read, memory_read_reference
 
     if provider == "compile":
         return torch.compile(memory_read_reference)
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_memory_read", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m varmem.benchmarks.bench_memory_read", description=__doc__.splitlines()[0])
     add_arguments(parser)
     run(parser.parse_args(argv))
     return 0

@@ -6,14 +6,14 @@ the process), torch threads, peak RSS (CPU) or peak CUDA memory, the share of th
 waiting for episodes, which kernel ops dispatched to which backend, and the machine's 1-minute
 load average before and after the case.
 
-The step is the trainer's own: each case runs ``distributed.train_loop.train`` with a
+The step is the trainer's own: each case runs ``varmem.distributed.train_loop.train`` with a
 :class:`~distributed.train_loop.TrainContext` whose ``reduce_gradients`` hook (called once per
 step, after backward) records the time. The interval between two calls is one whole iteration
 of the loop: clipping and the Adam step of one step, then the next step's episodes, objective
 (``training_objective``) and backward. The first ``--warmup`` intervals are left out. Validation
 and the checkpoint happen once, after the last timed step.
 
-Backends (``kernels.dispatch``):
+Backends (``varmem.kernels.dispatch``):
 
 * ``reference``           the PyTorch path (``VARMEM_KERNELS=reference``);
 * ``triton``              the fused Triton kernels (``VARMEM_KERNELS=triton``) on CUDA;
@@ -25,7 +25,7 @@ Every case runs in its own process, so that ``TRITON_INTERPRET`` is set before `
 imported, the peak RSS is the case's own and one case's threads or allocator do not carry over.
 A backend that cannot run says why in the row's ``reason`` (status ``unavailable`` or ``failed``).
 
-    python -m benchmarks.bench_train [--configs configs/vma_strokes.yaml ...] [--backends reference,triton]
+    python -m varmem.benchmarks.bench_train [--configs configs/vma_strokes.yaml ...] [--backends reference,triton]
         [--steps 40] [--warmup 5] [--threads 1] [--device cpu|cuda] [--out benchmarks/results/train_cpu]
     varmem bench train ...
 """
@@ -46,13 +46,13 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import (RESULTS_DIR, default_out, environment, format_table, progress, quantile_summary, synchronize,
+from varmem.benchmarks.harness import (RESULTS_DIR, default_out, environment, format_table, progress, quantile_summary, synchronize,
                                 write_results)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("configs/vma_strokes.yaml", "configs/vae_strokes.yaml", "configs/softattn_strokes.yaml")
 BACKENDS = ("reference", "triton")
-KERNEL_MODULES = ("kernels.memory_addressing", "kernels.memory_read", "kernels.vimco", "kernels.gaussian_attention")
+KERNEL_MODULES = ("varmem.kernels.memory_addressing", "varmem.kernels.memory_read", "varmem.kernels.vimco", "varmem.kernels.gaussian_attention")
 COLUMNS = ("config", "model", "backend", "status", "threads", "steps", "median_ms", "q20_ms", "q80_ms", "steps_per_s",
            "episodes_per_s", "vs_reference", "cpu_ms_per_step", "peak_rss_mb", "peak_cuda_mb", "data_wait",
            "load_before", "load_after")
@@ -97,7 +97,7 @@ def _case_env(backend: str, device: str) -> dict[str, str]:
 
 
 def _record_dispatch(served: dict[str, set[str]]) -> None:
-    """Record which backend ``kernels.dispatch.choose`` picks for each op (the kernel modules import
+    """Record which backend ``varmem.kernels.dispatch.choose`` picks for each op (the kernel modules import
     ``choose`` by name: each module's binding is wrapped). Shows whether a model calls kernels at all."""
     import importlib
 
@@ -121,9 +121,9 @@ def measure_case(spec: dict[str, Any]) -> dict[str, Any]:
     ``spec``: config (path), overrides, backend, device, steps, warmup, threads (or None), run_dir.
     ``TRITON_INTERPRET`` must already be what the case needs (the parent sets it for the child).
     """
-    from distributed.config import RunConfig
-    from distributed.train_loop import TrainContext, train
-    from kernels.dispatch import use_backend
+    from varmem.distributed.config import RunConfig
+    from varmem.distributed.train_loop import TrainContext, train
+    from varmem.kernels.dispatch import use_backend
 
     device = torch.device(spec["device"])
     total = spec["warmup"] + spec["steps"] + 1  # the first step has no interval before it
@@ -157,7 +157,7 @@ def measure_case(spec: dict[str, Any]) -> dict[str, Any]:
     steps_per_s = 1e3 / t["median_ms"]
     per_step = final["episodes_per_step"]
     return {
-        "model": config.model.get("name"), "steps": len(walls), "warmup": spec["warmup"], "episodes_per_step": per_step,
+        "model": config.model.family, "steps": len(walls), "warmup": spec["warmup"], "episodes_per_step": per_step,
         "median_ms": t["median_ms"], "q20_ms": t["q20_ms"], "q80_ms": t["q80_ms"], "mean_ms": 1e3 * sum(walls) / len(walls),
         "steps_per_s": steps_per_s, "episodes_per_s": steps_per_s * per_step,
         "cpu_ms_per_step": 1e3 * (marks[-1][1] - marks[spec["warmup"]][1]) / len(walls),
@@ -171,12 +171,12 @@ def measure_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child(spec_path: Path) -> int:
-    """``python -m benchmarks.bench_train --run-case SPEC``: measure one case, write SPEC.result.json."""
+    """``python -m varmem.benchmarks.bench_train --run-case SPEC``: measure one case, write SPEC.result.json."""
     spec = json.loads(spec_path.read_text())
     try:
         result = {"status": "ok", **measure_case(spec)}
     except Exception as exc:
-        from kernels.dispatch import BackendUnavailable
+        from varmem.kernels.dispatch import BackendUnavailable
 
         status = "unavailable" if isinstance(exc, BackendUnavailable) else "failed"
         result = {"status": status, "reason": f"{type(exc).__name__}: {exc}"}
@@ -192,7 +192,7 @@ def unavailable_reason(backend: str, device: str) -> str | None:
     if device == "cuda" and not torch.cuda.is_available():
         return "torch sees no CUDA device (run with --device cpu)"
     if backend == "triton":
-        from kernels.dispatch import triton_import_error
+        from varmem.kernels.dispatch import triton_import_error
 
         return triton_import_error()
     return None
@@ -219,7 +219,7 @@ def run_case(config: Path, backend: str, args: argparse.Namespace, workdir: Path
     t0 = time.perf_counter()
     try:
         with open(log, "w") as f:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", "--run-case", str(spec_path)], cwd=REPO,
+            proc = subprocess.run([sys.executable, "-m", "varmem.benchmarks.bench_train", "--run-case", str(spec_path)], cwd=REPO,
                                   env=_case_env(backend, args.device), stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout)
         result_path = spec_path.with_suffix(".result.json")
         if result_path.is_file():
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--run-case"]:
         return _child(Path(argv[1]))
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m varmem.benchmarks.bench_train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     run(p.parse_args(argv))

@@ -5,7 +5,7 @@ Ops: ``vimco`` (bound, weights, leave-one-out bounds; backward through bound and
 bwd / full. Grid on CUDA: B×K ∈ {32×4, 1e4×16, 1e6×64} (``--quick``: 32×4, 1e4×16); on CPU
 (eager and compile only) 32×4, 1e3×16, 2e4×64 (``--quick``: 32×4, 1e3×16).
 
-    python -m benchmarks.bench_vimco [--quick] [--device cuda] [--providers triton,eager]
+    python -m varmem.benchmarks.bench_vimco [--quick] [--device cuda] [--providers triton,eager]
     varmem bench kernels --only vimco
 
 Bytes moved, the minimum a fused implementation reads and writes (e = element size; the
@@ -22,15 +22,15 @@ import argparse
 
 import torch
 
-from benchmarks import harness
-from benchmarks._autograd_bench import finish, measure, resolve
+from varmem.benchmarks import harness
+from varmem.benchmarks._autograd_bench import finish, measure, resolve
 
 STEM = "vimco"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmarks.cli import _kernel_common_arguments
+    from varmem.benchmarks.cli import _kernel_common_arguments
 
     _kernel_common_arguments(p)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of log_w and log_q")
@@ -45,8 +45,8 @@ def grid(device: torch.device, quick: bool) -> list[tuple[int, int]]:
 
 def _callables(provider: str, variant: str):
     """(vimco, vimco_surrogate) for a provider."""
-    from kernels.dispatch import use_backend
-    from kernels.vimco import vimco, vimco_reference, vimco_surrogate, vimco_surrogate_reference
+    from varmem.kernels.dispatch import use_backend
+    from varmem.kernels.vimco import vimco, vimco_reference, vimco_surrogate, vimco_surrogate_reference
 
     if provider == "compile":
         v, s = torch.compile(vimco_reference), torch.compile(vimco_surrogate_reference)
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_vimco", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m varmem.benchmarks.bench_vimco", description=__doc__.splitlines()[0])
     add_arguments(parser)
     run(parser.parse_args(argv))
     return 0

@@ -1,7 +1,7 @@
 """``varmem bench kernels|episodes|distributed|train``: run the benchmark modules from the command line.
 
 Each ``benchmarks/bench_<stem>.py`` exposes ``add_arguments(parser)`` and ``run(args) -> rows``
-and is also runnable as ``python -m benchmarks.bench_<stem>``.
+and is also runnable as ``python -m varmem.benchmarks.bench_<stem>``.
 """
 from __future__ import annotations
 
@@ -22,18 +22,18 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
     kernels.set_defaults(func=_run_kernels)
 
     episodes = bench_sub.add_parser("episodes", help="dataset build and episode sampling throughput")
-    importlib.import_module("benchmarks.bench_episodes").add_arguments(episodes)
-    episodes.set_defaults(func=lambda a: importlib.import_module("benchmarks.bench_episodes").run(a) and 0)
+    importlib.import_module("varmem.benchmarks.bench_episodes").add_arguments(episodes)
+    episodes.set_defaults(func=lambda a: importlib.import_module("varmem.benchmarks.bench_episodes").run(a) and 0)
 
     dist = bench_sub.add_parser("distributed", help="training steps/s in-process and on Ray Train (1 and 2 workers), "
                                 "data wait, time to the first step")
-    importlib.import_module("benchmarks.bench_distributed").add_arguments(dist)
-    dist.set_defaults(func=lambda a: importlib.import_module("benchmarks.bench_distributed").run(a) and 0)
+    importlib.import_module("varmem.benchmarks.bench_distributed").add_arguments(dist)
+    dist.set_defaults(func=lambda a: importlib.import_module("varmem.benchmarks.bench_distributed").run(a) and 0)
 
     train = bench_sub.add_parser("train", help="training steps/s and episodes/s of VMA, VAE and soft attention, "
                                  "reference kernels against Triton (the interpreter on CPU)")
-    importlib.import_module("benchmarks.bench_train").add_arguments(train)
-    train.set_defaults(func=lambda a: importlib.import_module("benchmarks.bench_train").run(a) and 0)
+    importlib.import_module("varmem.benchmarks.bench_train").add_arguments(train)
+    train.set_defaults(func=lambda a: importlib.import_module("varmem.benchmarks.bench_train").run(a) and 0)
 
 
 def _kernel_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +46,6 @@ def _kernel_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_kernels(args: argparse.Namespace) -> int:
     for stem in args.only or KERNEL_STEMS:
-        module = importlib.import_module(f"benchmarks.bench_{stem}")
+        module = importlib.import_module(f"varmem.benchmarks.bench_{stem}")
         module.run(args)
     return 0

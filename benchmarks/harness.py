@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from episodes.files import atomic_write_text
+from varmem.episodes.files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

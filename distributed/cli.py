@@ -16,17 +16,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Memory-augmented generative few-shot models: data, kernels, training.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from episodes.cli import add_data_command
+    from varmem.episodes.cli import add_data_command
 
     add_data_command(sub)
-    from distributed.cli_train import add_train_commands
+    from varmem.distributed.cli_train import add_train_commands
 
     add_train_commands(sub)
-    from distributed.tune import add_tune_command
+    from varmem.distributed.tune import add_tune_command
 
     add_tune_command(sub)
     try:
-        from benchmarks.cli import add_bench_command
+        from varmem.benchmarks.cli import add_bench_command
     except ImportError:  # benchmarks are not installed in every layout
         add_bench_command = None
     if add_bench_command is not None:
@@ -36,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is the whole story for the user."""
-    from episodes.errors import DataError
+    from varmem.episodes.errors import DataError
 
-    from distributed.config import ConfigError, TrainingDiverged
+    from varmem.distributed.config import ConfigError, TrainingDiverged
 
     errors: list[type[BaseException]] = [DataError, ConfigError, TrainingDiverged, FileNotFoundError]
     try:
-        from kernels.dispatch import BackendUnavailable
+        from varmem.kernels.dispatch import BackendUnavailable
 
         errors.append(BackendUnavailable)
     except ImportError:
@@ -50,9 +50,23 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+PLUGIN_HELP = ("import a model-family plugin first: a module name or a .py file that registers a family with "
+               "@varmem.models.registry.register (repeatable; also VARMEM_PLUGINS=a,b). A config file can only "
+               "name a registered family, never import code")
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE_OR_FILE`` (repeatable) on a command that builds models."""
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE", help=PLUGIN_HELP)
+
+
 def run_command(func, args: argparse.Namespace) -> int:
     """Run a subcommand: a user error is one ``varmem: error:`` line and status 2, Ctrl-C is 130."""
     try:
+        if getattr(args, "plugins", None):
+            from varmem.models.registry import load_plugins
+
+            load_plugins(args.plugins)
         return int(func(args) or 0)
     except user_errors() as exc:
         print(f"varmem: error: {exc}", file=sys.stderr)

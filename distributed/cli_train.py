@@ -3,7 +3,7 @@
     varmem train --config FILE [--set section.key=value ...] [--steps N] [--out RUN_DIR] [--resume] [--overwrite]
     varmem train --resume --out RUN_DIR [--steps N]          (the run's own config.yaml)
     varmem train ... --workers N [--gpus-per-worker G] [--address ADDR] [--max-failures F]   (Ray Train DDP)
-    python -m distributed.train ...                          (the same flags; the form for `ray job submit`)
+    python -m varmem.distributed.train ...                          (the same flags; the form for `ray job submit`)
     varmem eval RUN_DIR [--samples K] [--episodes N] [--bound-episodes N] [--seed S] [--checkpoint FILE] [--json]
                 [--out-dir DIR] [--lake-runs DIR] [--no-pictures] [--classification-episodes N]
                 [--likelihood-episodes N] [--likelihood-samples K] [--tasks 5x1,20x1|none] [--tables all|examples|classes|none] [--save FILE]
@@ -17,9 +17,16 @@ import argparse
 import json
 from pathlib import Path
 
+from varmem.distributed.cli import add_plugin_argument
+
 
 TRAIN_DESCRIPTION = ("Train the model of a YAML run config; see configs/ for examples. --workers 0 (the default) "
                      "trains in this process without Ray; --workers N trains with Ray Train DDP on N workers.")
+
+
+# keys of evaluate_run's result that are not the family's objective terms
+OBJECTIVE_BOOKKEEPING = ("nll_bound", "nll_bound_stderr", "objective_nll_bound", "accuracy", "accuracy_stderr", "seed",
+                         "samples", "objective_samples", "episodes", "step")
 
 
 def add_train_commands(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +38,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="test NLL bound, KL parts and few-shot accuracy of a trained run",
                        description="Evaluate the newest checkpoint of RUN_DIR on fixed, seeded episodes of its eval split.")
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    add_plugin_argument(e)
     e.add_argument("--samples", type=int, default=1000, help="importance samples K of the NLL bound")
     e.add_argument("--episodes", type=int, default=100,
                    help="evaluation episodes: of the config's episode.eval shape for the headline bound, and per NLL table")
@@ -71,7 +79,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
-    """The flags of ``varmem train`` (shared with ``python -m distributed.train``)."""
+    """The flags of ``varmem train`` (shared with ``python -m varmem.distributed.train``)."""
     t.add_argument("--config", type=Path, default=None, help="YAML run config (default with --resume: RUN_DIR/config.yaml)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field; the value is parsed as YAML and type-checked (repeatable)")
@@ -80,6 +88,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run directory")
     t.add_argument("--overwrite", action="store_true", help="start again in a run directory that holds checkpoints")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_plugin_argument(t)
     r = t.add_argument_group("Ray Train (distributed/ray_train.py)")
     r.add_argument("--workers", type=int, default=0, metavar="N",
                    help="Ray Train workers, one DDP rank each (0 = in-process, no Ray); each samples its own episodes")
@@ -93,7 +102,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
 
 def load_train_config(args: argparse.Namespace):
     """The run config of ``varmem train``'s arguments (validated; nothing written)."""
-    from distributed.config import CONFIG_FILE, ConfigError, RunConfig
+    from varmem.distributed.config import CONFIG_FILE, ConfigError, RunConfig
 
     overrides = list(args.overrides)
     if args.steps is not None:
@@ -111,23 +120,23 @@ def load_train_config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from distributed.config import ConfigError
+    from varmem.distributed.config import ConfigError
 
     config = load_train_config(args)
     if args.workers < 0:
         raise ConfigError(f"--workers must be ≥ 0 (0 = in-process), got {args.workers}")
-    from distributed.ray_train import check_job_paths
+    from varmem.distributed.ray_train import check_job_paths
 
     check_job_paths(config)
     if args.workers == 0:
         if args.gpus_per_worker or args.address:
             raise ConfigError("--gpus-per-worker and --address are for Ray runs: add --workers N "
                               "(the in-process trainer uses train.device)")
-        from distributed.train_loop import TrainContext, train
+        from varmem.distributed.train_loop import TrainContext, train
 
         train(config, resume=args.resume, overwrite=args.overwrite, context=TrainContext(quiet=args.quiet))
         return 0
-    from distributed.ray_train import Launch, train_distributed
+    from varmem.distributed.ray_train import Launch, train_distributed
 
     launch = Launch(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
                     max_failures=args.max_failures)
@@ -156,9 +165,9 @@ def _labelled_file(text: str) -> tuple[str, Path]:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from episodes.errors import DataError
-    from episodes.show import save_png
-    from models.evaluation import format_comparison, nll_comparison_plot
+    from varmem.episodes.errors import DataError
+    from varmem.episodes.show import save_png
+    from varmem.models.evaluation import format_comparison, nll_comparison_plot
 
     results = []
     for label, path in args.evals:
@@ -181,7 +190,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from distributed.train_loop import evaluate_run, load_run
+    from varmem.distributed.train_loop import evaluate_run, load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,
@@ -194,7 +203,7 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_run(run, samples=args.samples, episodes=args.episodes, seed=args.seed, progress=True,
                           protocol_options=options, bound_episodes=args.bound_episodes)
     if args.save is not None:
-        from episodes.files import atomic_write_text
+        from varmem.episodes.files import atomic_write_text
 
         atomic_write_text(args.save, json.dumps(result, indent=2) + "\n")
     if args.json:
@@ -205,16 +214,21 @@ def _eval(args: argparse.Namespace) -> int:
         f", {ep['distractors']} distractor classes" if ep["distractors"] else "") + (", targets from memory" if ep["targets_from_memory"] else "")
     print(f"{result['run_dir']} at step {result['step']} ({Path(result['checkpoint']).name})")
     print(f"  {result['episodes']} episodes of {result['split']} ({shape}), seed {result['seed']}")
-    print(f"  NLL bound (K={result['samples']})       {result['nll_bound']:10.3f} ± {result['nll_bound_stderr']:.3f} nats")
-    print(f"  NLL bound (K={result['objective_samples']}, objective)  {result['objective_nll_bound']:10.3f} nats")
-    print(f"    reconstruction           {-result['reconstruction']:10.3f} nats")
-    if getattr(run.model, "has_address", False):
-        print(f"    KL(q(a|x) || p(a))       {result['kl_address']:10.3f} nats")
-    print(f"    KL(q(z|a,x) || p(z|a))   {result['kl_latent']:10.3f} nats")
+    if "nll_bound" in result:
+        print(f"  NLL bound (K={result['samples']})       {result['nll_bound']:10.3f} ± {result['nll_bound_stderr']:.3f} nats")
+    if "objective_nll_bound" in result:
+        print(f"  NLL bound (K={result['objective_samples']}, objective)  {result['objective_nll_bound']:10.3f} nats")
+    labels = {"reconstruction": "−E log p(x|...) (reconstruction)", "kl_address": "KL(q(a|x) || p(a))",
+              "kl_latent": "KL(q(z|...) || p(z|...))"}
+    for key, value in result.items():  # the family's objective terms, by name
+        if key in OBJECTIVE_BOOKKEEPING or not isinstance(value, float):
+            continue
+        value = -value if key == "reconstruction" else value
+        print(f"    {labels.get(key, key):<28} {value:10.3f}")
     if "accuracy" in result:
-        print(f"  few-shot accuracy (q(a|x)) {100 * result['accuracy']:9.2f} ± {100 * result['accuracy_stderr']:.2f} %")
+        print(f"  few-shot accuracy ({run.model.family}'s classifier) {100 * result['accuracy']:9.2f} ± {100 * result['accuracy_stderr']:.2f} %")
     if "protocol" in result:
-        from models.evaluation import format_tables
+        from varmem.models.evaluation import format_tables
 
         print(format_tables(result["protocol"]))
     return 0

@@ -4,7 +4,7 @@ A run config has six sections::
 
     data      where the episodes come from: dataset directory, expected image size, splits, binarization
     episode   the training and evaluation episode shapes (ways, shots, targets, ...)
-    model     the model's own config (``models.config.ModelConfig`` fields), passed through
+    model     the model family (``name``) and its typed config (``varmem.models.registry``)
     optim     Adam and gradient clipping
     train     steps, episodes per step, seed, posterior samples, logging/validation/checkpoint cadence
     run       the run directory
@@ -19,8 +19,6 @@ This module must stay importable without torch: ``varmem data ...`` imports the 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,150 +26,17 @@ from typing import Any, ClassVar
 
 import yaml
 
-from episodes.errors import DataError
-from episodes.files import atomic_write_text as _atomic_write_text
-from episodes.spec import ALPHABET_MODES, BINARIZE_MODES, EpisodeSpec
+from varmem.typed import ConfigError, Section, plain, check_fields, check_value  # noqa: F401  (re-exported)
+
+from varmem.episodes.errors import DataError
+from varmem.episodes.files import atomic_write_text as _atomic_write_text
+from varmem.episodes.spec import ALPHABET_MODES, BINARIZE_MODES, EpisodeSpec
 
 CONFIG_FILE = "config.yaml"
 
 
-class ConfigError(ValueError):
-    """A run config (file, ``--set`` override or saved run) is not what it must be."""
-
-
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm stopped being finite (the message names the step and the last checkpoint)."""
-
-
-# --- generic typed fields ---------------------------------------------------------------------
-
-
-def check_value(value: Any, annotation: Any, where: str) -> Any:
-    """``value`` checked (and mildly coerced) against ``annotation``; ConfigError naming ``where``.
-
-    Understands bool, int, float, str, tuple[X, ...], tuple[X, Y], X | None, Literal, list, dict
-    and nested dataclasses (returned as their dict, checked field by field). Coercions: an int
-    where a float is expected; a string that parses as a float where a float is expected
-    (YAML 1.1 reads ``1e-4`` as a string); a list where a tuple is expected; an int or float
-    where a str is expected (``--set run.out=2024``). Anything else of the wrong type is an error.
-    """
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return value
-    if origin is typing.Union or origin is types.UnionType:
-        args = typing.get_args(annotation)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return check_value(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {annotation}")
-    if origin is typing.Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise ConfigError(f"{where} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
-        return tuple(check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (list, dict) or annotation in (list, dict):
-        base = origin or annotation
-        if not isinstance(value, base):
-            raise ConfigError(f"{where} must be a {base.__name__}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(annotation):
-        if dataclasses.is_dataclass(value):
-            value = dataclasses.asdict(value)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping of {annotation.__name__} fields, got {value!r}")
-        return check_fields(annotation, value, where)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{where} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    return value  # a type this checker does not know: left to the owner's own validation
-
-
-def check_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """``data`` with every key checked against dataclass ``cls``'s field types; unknown keys raise."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls) if f.init]
-    out = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
-        out[key] = check_value(value, hints[key], f"{where}.{key}")
-    return out
-
-
-class Section:
-    """A config section: a dataclass whose fields are type-checked and range-checked on construction."""
-
-    section: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            checked = check_value(getattr(self, f.name), hints[f.name], f"{self.section}.{f.name}")
-            object.__setattr__(self, f.name, checked)
-        self.validate()
-
-    def validate(self) -> None:
-        """Range checks; raise ConfigError naming the field and the value."""
-
-    def _require(self, ok: bool, name: str, requirement: str) -> None:
-        if not ok:
-            raise ConfigError(f"{self.section}.{name} must be {requirement}, got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, where: str | None = None):
-        return cls(**check_fields(cls, data or {}, where or cls.section))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
-
-
-def _plain(value: Any) -> Any:
-    """YAML-friendly: tuples as lists, dataclasses as dicts."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -199,7 +64,7 @@ class DataConfig(Section):
 
 @dataclass(frozen=True)
 class EpisodeShape:
-    """The fields of an :class:`episodes.spec.EpisodeSpec` that are not the data section's (split, binarize)."""
+    """The fields of an :class:`varmem.episodes.spec.EpisodeSpec` that are not the data section's (split, binarize)."""
 
     ways: int = 8  # classes with targets
     shots: int = 4  # memory entries per class
@@ -326,74 +191,55 @@ class RunSection(Section):
 
 
 # --- the model section ------------------------------------------------------------------------
-
-FACTORY_KEY = "factory"  # model.factory: "module:function" builds a model outside models.config (tests, research)
-
-
-def model_config_class() -> type | None:
-    """``models.config.ModelConfig`` when the models package provides it, else None."""
-    try:
-        module = importlib.import_module("models.config")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("models.config", "models"):
-            return None
-        raise
-    return getattr(module, "ModelConfig", None)
-
-
-def resolve_factory(spec: str):
-    """The callable named by ``model.factory`` ("package.module:function")."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"model.factory must be 'package.module:function', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"model.factory {spec!r}: cannot import {module_name!r} ({exc})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"model.factory {spec!r}: {module_name} has no callable {attr!r}")
-    return fn
-
-
-def check_model_section(model: dict[str, Any]) -> dict[str, Any]:
-    """The model section with every ModelConfig default filled in (unchanged when a factory builds it
-    or when ``models.config`` is not importable yet)."""
-    if not isinstance(model, dict):
-        raise ConfigError(f"model must be a mapping of model config fields, got {model!r}")
-    if FACTORY_KEY in model:
-        if not isinstance(model[FACTORY_KEY], str):
-            raise ConfigError(f"model.factory must be 'package.module:function', got {model[FACTORY_KEY]!r}")
-        return dict(model)
-    cls = model_config_class()
-    if cls is None:
-        return dict(model)
-    cfg = model_config_from_dict(cls, model)
-    to_dict = getattr(cfg, "to_dict", None)
-    filled = to_dict() if callable(to_dict) else dataclasses.asdict(cfg)
-    return _plain(filled)
-
-
-def model_config_from_dict(cls: type, model: dict[str, Any]):
-    """``cls.from_dict(model)`` with our type checks first; the model's own errors become ConfigError."""
-    if dataclasses.is_dataclass(cls):
-        model = check_fields(cls, model, "model")
-    try:
-        return cls.from_dict(model) if hasattr(cls, "from_dict") else cls(**model)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"model: {exc}") from None
-
+# ``model: {name: <family>, <field>: ...}``: typed by the family's config dataclass, found through
+# varmem.models.registry by name. Nothing in a config imports code: a family outside varmem is
+# loaded with --plugin / VARMEM_PLUGINS / an entry point, never by a config field.
 
 NUM_SAMPLES = "num_samples"
+# The fields of the one flat model config of varmem ≤ 0.1 (saved in older runs' config.yaml with
+# every default): a key of these that the run's family does not have is dropped when an old run is read.
+LEGACY_MODEL_KEYS = ("architecture", "z_dim", "match_dim", "channels", "hidden", "mlp_hidden", "prior", "memory",
+                     "learned_memory_size", "similarity", "vimco_variant", "num_samples", "read_dim")
 
 
-def _model_has_num_samples(model: dict[str, Any]) -> bool:
-    if FACTORY_KEY in model:
-        return False
-    cls = model_config_class()
-    return cls is not None and dataclasses.is_dataclass(cls) and NUM_SAMPLES in {f.name for f in fields(cls)}
+def _family(name: Any):
+    from varmem.models.registry import family
+
+    return family(name)
+
+
+def model_section(model: Any, *, legacy: bool = False):
+    """The family config of a ``model`` section (a dict with ``name``, default "vma", or a FamilyConfig)."""
+    from varmem.models.registry import FamilyConfig, model_config
+
+    if isinstance(model, FamilyConfig):
+        return model
+    if not isinstance(model, dict):
+        raise ConfigError(f"model must be a mapping with the family's name and its fields, got {model!r}")
+    if "factory" in model:
+        raise ConfigError("model.factory is no longer read: a config cannot import code. Register the family in "
+                          "a module and name it with --plugin MODULE (or VARMEM_PLUGINS), then set model.name")
+    if legacy:
+        known = {f.name for f in dataclasses.fields(_family(model.get("name", "vma")).config)} | {"name"}
+        model = {k: v for k, v in model.items() if k in known or k not in LEGACY_MODEL_KEYS}
+    return model_config(model)
+
+
+def _switch_family(model: dict[str, Any], old: str, new: str, item: str) -> dict[str, Any]:
+    """``--set model.name=NEW``: keep the fields NEW knows; drop OLD's others where they hold OLD's
+    default; refuse to drop one that was set to something else (it would be lost silently)."""
+    new_fields = {f.name for f in dataclasses.fields(_family(new).config)}
+    old_defaults = _family(old).config().to_dict() if old != new else {}
+    out = {"name": new}
+    for key, value in model.items():
+        if key == "name":
+            continue
+        if key in new_fields:
+            out[key] = value
+        elif key in old_defaults and old_defaults[key] != value:
+            raise ConfigError(f"--set {item}: model.{key}={value!r} is a field of family {old!r}, not of {new!r}; "
+                              f"remove it (or set it back to {old_defaults[key]!r}) before changing the family")
+    return out
 
 
 # --- the run config ---------------------------------------------------------------------------
@@ -405,7 +251,7 @@ SECTIONS = ("data", "episode", "model", "optim", "train", "run")
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
-    model: dict[str, Any] = field(default_factory=dict)  # models.config.ModelConfig fields (or model.factory + its kwargs)
+    model: Any = field(default_factory=dict)  # the family's typed config (varmem.models.registry), from {name, fields}
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunSection = field(default_factory=RunSection)
@@ -415,19 +261,18 @@ class RunConfig:
                           ("train", TrainConfig), ("run", RunSection)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
-        # K lives in train.num_samples (the trainer passes it to ``objective``) and in ModelConfig.num_samples
-        # (the model's default K): one setting, stored in both places, always equal.
-        model = dict(self.model) if isinstance(self.model, dict) else self.model
-        if isinstance(model, dict) and _model_has_num_samples(model):
-            k = self.train.num_samples
-            if model.setdefault(NUM_SAMPLES, k) != k:
-                raise ConfigError(f"model.num_samples={model[NUM_SAMPLES]!r} and train.num_samples={k!r} disagree: "
-                                  "they are the same K (posterior samples per target); set one of them")
-        object.__setattr__(self, "model", check_model_section(model))
+        object.__setattr__(self, "model", model_section(self.model))
+        family = _family(type(self.model).family)
+        k_min = family.model.min_num_samples
+        if self.train.num_samples < k_min:
+            raise ConfigError(f"train.num_samples={self.train.num_samples} is too small for the {family.name!r} family: "
+                              f"it needs K >= {k_min} posterior samples per target")
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any] | None, *, legacy: bool = False) -> "RunConfig":
+        """A run config from its sections. ``legacy=True`` (a saved run's config.yaml) drops the old flat
+        model config's fields that the run's family does not have."""
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise ConfigError(f"a run config is a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
@@ -438,20 +283,27 @@ class RunConfig:
             if data.get(name) is not None and not isinstance(data[name], dict):
                 raise ConfigError(f"section {name} must be a mapping, got {data[name]!r}")
         model, train = dict(data.get("model") or {}), dict(data.get("train") or {})
-        if NUM_SAMPLES in model and NUM_SAMPLES not in train:  # K given as model.num_samples only
-            train[NUM_SAMPLES] = model[NUM_SAMPLES]
+        if NUM_SAMPLES in model:  # K is train.num_samples; model.num_samples is read as its old name
+            k = model.pop(NUM_SAMPLES)
+            if train.setdefault(NUM_SAMPLES, k) != k:
+                raise ConfigError(f"model.num_samples={k!r} and train.num_samples={train[NUM_SAMPLES]!r} disagree: "
+                                  "K (posterior samples per target) is train.num_samples; set only that")
         return cls(
             data=DataConfig.from_dict(data.get("data")),
             episode=EpisodeConfig.from_dict(data.get("episode")),
-            model=model,
+            model=model_section(model, legacy=legacy),
             optim=OptimConfig.from_dict(data.get("optim")),
             train=TrainConfig.from_dict(train),
             run=RunSection.from_dict(data.get("run")),
         )
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(read_yaml(path))
+    def from_yaml(cls, path: str | Path, *, legacy: bool = True) -> "RunConfig":
+        """A saved config file (a run's config.yaml); the old flat model fields are read (``legacy``)."""
+        try:
+            return cls.from_dict(read_yaml(path), legacy=legacy)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "RunConfig":
@@ -470,10 +322,10 @@ class RunConfig:
             key, value = parse_override(item)
             raw = config.to_dict()
             set_path(raw, key, value, item)
-            if key in ("train.num_samples", "model.num_samples"):  # one setting in two places: both follow
-                raw["train"][NUM_SAMPLES] = value
-                if NUM_SAMPLES in raw["model"]:
-                    raw["model"][NUM_SAMPLES] = value
+            if key == "model.num_samples":  # the old name of train.num_samples
+                raw["train"][NUM_SAMPLES] = raw["model"].pop(NUM_SAMPLES)
+            if key == "model.name":
+                raw["model"] = _switch_family(raw["model"], config.model.family, raw["model"]["name"], item)
             try:
                 config = type(self).from_dict(raw)
             except ConfigError as exc:
@@ -510,7 +362,7 @@ class RunConfig:
         return {
             "data": self.data.to_dict(),
             "episode": self.episode.to_dict(),
-            "model": _plain(self.model),
+            "model": self.model.to_dict(),
             "optim": self.optim.to_dict(),
             "train": self.train.to_dict(),
             "run": self.run.to_dict(),
@@ -589,15 +441,13 @@ def set_path(raw: dict[str, Any], key: str, value: Any, item: str) -> None:
         raise ConfigError(f"--set {item}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
     node = raw[section]
     for depth, part in enumerate(parts[1:-1], start=1):
-        if section == "model" and part not in node:
-            node[part] = {}
         if part not in node or not isinstance(node[part], dict):
             known = ", ".join(k for k, v in node.items() if isinstance(v, dict)) or "none"
             raise ConfigError(f"--set {item}: {'.'.join(parts[:depth])} has no section {part!r} (known: {known})")
         node = node[part]
     last = parts[-1]
     reserved = section == "episode" and last in ("split", "binarize", "threshold")  # from_dict names their owner
-    if section != "model" and last not in node and not reserved:
+    if last not in node and not reserved and not (section == "model" and last == NUM_SAMPLES):
         where = ".".join(parts[:-1])
         raise ConfigError(f"--set {item}: unknown key {last!r} in {where} (known: {', '.join(node)})")
     node[last] = value

@@ -3,7 +3,7 @@
 The driver checks everything it can before any worker starts — the config (typed on load), the
 dataset and its splits, the model section, a resume's checkpoint and its compatibility, the
 cluster's CPUs and GPUs — then runs a ``TorchTrainer`` whose workers call the same training loop
-as the in-process trainer (:func:`distributed.worker.train_worker`), with DDP through
+as the in-process trainer (:func:`varmem.distributed.worker.train_worker`), with DDP through
 ``torch.distributed`` (gloo on CPU, nccl on GPU). Every problem a user can fix raises
 :class:`ConfigError` (the CLI prints one line and exits 2).
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distributed.config import ConfigError, RunConfig, TrainingDiverged
-from distributed.train_loop import FINAL_FILE, build_model, check_run, clear_run_dir
-from episodes.errors import DataError
+from varmem.distributed.config import ConfigError, RunConfig, TrainingDiverged
+from varmem.distributed.train_loop import FINAL_FILE, build_model, check_run, clear_run_dir
+from varmem.episodes.errors import DataError
 
 RAY_DIR = "ray"  # Ray Train's storage inside the run directory
 DEFAULT_MAX_FAILURES = 2
@@ -104,7 +104,8 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
         from ray.train import TrainingFailedError
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        from distributed.worker import train_worker
+        from varmem.distributed.worker import train_worker
+        from varmem.models.registry import loaded_plugins
 
         # 3. the run directory (nothing was written before this point) and Ray's storage in it, one name per fit
         if overwrite and source is None:
@@ -123,7 +124,8 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
              f"per step; run directory {run_dir}; Ray storage {storage / name}")
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"config": config.to_dict(), "quiet": quiet, "report_logs": report_logs},
+            train_loop_config={"config": config.to_dict(), "quiet": quiet, "report_logs": report_logs,
+                               "plugins": loaded_plugins()},  # model-family plugins (--plugin): loaded in every worker
             torch_config=TorchConfig(backend=launch.backend),
             scaling_config=ScalingConfig(
                 num_workers=launch.workers, use_gpu=launch.gpus_per_worker > 0,

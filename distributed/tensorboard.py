@@ -4,10 +4,10 @@ The training loop calls :class:`RunWriter` at every log line, at every validatio
 the same code runs in-process and in a Ray Train worker (the path is absolute: workers change
 directory). Tags::
 
-    train/loss  train/bound  train/nll_bound  train/reconstruction  train/kl_address  train/kl_latent
+    train/<name>  for every value of the logged row: loss, bound, nll_bound, the family's objective terms by name
     train/memory_use  train/grad_norm  train/lr              (every log_every steps; memory_use: address models)
     perf/episodes_per_s  perf/data_wait                     (data_wait: share of step time waiting for episodes)
-    val/nll_bound  val/nll_bound_stderr  val/reconstruction  val/kl_address  val/kl_latent
+    val/<name>    for every value of the validation row: nll_bound (± stderr), the terms, accuracy
     val/memory_use  val/accuracy                             (every val_every steps and at the end)
     samples/one_shot   (image) exemplar | samples from p(x | M = {exemplar}), one row per class
     address/q_a_top5   (image) targets and their 5 most probable memory entries under q(a|x)
@@ -16,7 +16,7 @@ directory). Tags::
 memory_use = KL(q(a|x) || p(a)) / log|M|: 0 when the addresses follow the prior, 1 when each
 target picks one entry of a memory whose prior is uniform.
 
-Pictures come from ``models.evaluation`` (``sample_grid``, ``address_picture``) when that module
+Pictures come from ``varmem.models.evaluation`` (``sample_grid``, ``address_picture``) when that module
 is importable; without it no pictures are written.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-TRAIN_TAGS = ("loss", "bound", "nll_bound", "reconstruction", "kl_address", "kl_latent", "memory_use", "grad_norm", "lr")
+from varmem.distributed.metrics import row_tags
+
 PERF_TAGS = ("episodes_per_s", "data_wait")
-VAL_TAGS = ("nll_bound", "nll_bound_stderr", "reconstruction", "kl_address", "kl_latent", "memory_use", "accuracy")
 FINAL_METRICS = {  # hparams metric tag → (section of final_metrics.json, key)
     "final/val_nll_bound": ("val", "nll_bound"),
     "final/val_accuracy": ("val", "accuracy"),
@@ -54,11 +54,11 @@ class RunWriter:
         self._pictures = _evaluation_pictures()
 
     def train(self, row: dict[str, Any], step: int) -> None:
-        self._scalars("train", TRAIN_TAGS, row, step)
+        self._scalars("train", row_tags(row, PERF_TAGS), row, step)
         self._scalars("perf", PERF_TAGS, row, step)
 
     def validation(self, row: dict[str, Any], step: int) -> None:
-        self._scalars("val", VAL_TAGS, row, step)
+        self._scalars("val", row_tags(row), row, step)
         self.writer.flush()
 
     def pictures(self, model, dataset, config, step: int) -> None:
@@ -71,7 +71,7 @@ class RunWriter:
         split = config.data.eval_split
         grid = sample_grid(model, dataset, split, rows=8, samples=10, seed=PICTURE_SEED, **data)
         self.writer.add_image("samples/one_shot", grid, step, dataformats="HW")
-        if methods_for(model)["q_a"] is None:
+        if methods_for(model)["q_a"] is None and getattr(model, "uses_memory", True):
             shape = config.episode.eval
             pic = address_picture(model, dataset, split, targets=6, ways=shape.ways, shots=shape.shots, top=5,
                                   seed=PICTURE_SEED, **data)
@@ -127,9 +127,9 @@ def _hparam_value(value: Any) -> Any:
 
 def _evaluation_pictures():
     """(sample_grid, address_picture, methods_for) from models.evaluation, or None without it."""
-    if importlib.util.find_spec("models.evaluation") is None:
+    if importlib.util.find_spec("varmem.models.evaluation") is None:
         return None
-    module = importlib.import_module("models.evaluation")
+    module = importlib.import_module("varmem.models.evaluation")
     try:
         return module.sample_grid, module.address_picture, module.methods_for
     except AttributeError:

@@ -1,7 +1,7 @@
-"""``python -m distributed.train``: ``varmem train`` as a module, the form ``ray job submit`` runs.
+"""``python -m varmem.distributed.train``: ``varmem train`` as a module, the form ``ray job submit`` runs.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python -m distributed.train --config configs/smoke_tiny.yaml --workers 2 \\
+        python -m varmem.distributed.train --config configs/smoke_tiny.yaml --workers 2 \\
         --set data.dir=$PWD/data/smoke_tiny --out $PWD/runs/smoke_tiny
 
 The flags are ``varmem train``'s (see ``distributed/cli_train.py``); errors a user can fix print
@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distributed.cli import run_command
-from distributed.cli_train import TRAIN_DESCRIPTION, _train, add_train_arguments
+from varmem.distributed.cli import run_command
+from varmem.distributed.cli_train import TRAIN_DESCRIPTION, _train, add_train_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distributed.train", description=TRAIN_DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m varmem.distributed.train", description=TRAIN_DESCRIPTION)
     add_train_arguments(parser)
     return run_command(_train, parser.parse_args(argv))
 

@@ -46,25 +46,21 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from distributed.config import (
+from varmem.distributed.config import (
     CONFIG_FILE,
-    FACTORY_KEY,
     ConfigError,
     OptimConfig,
     RunConfig,
     TrainingDiverged,
     atomic_write_text,
-    model_config_class,
-    model_config_from_dict,
-    resolve_factory,
 )
-from episodes.dataset import Dataset
-from episodes.files import atomic_write
-from episodes.sampler import EpisodeBatch, EpisodeSampler
-from episodes.stream import EpisodeStream
-from models.base import FewShotGenerativeModel, Objective
-from models.evaluation import decodes_per_pass
-from models.learned_memory import no_weight_decay_names
+from varmem.episodes.dataset import Dataset
+from varmem.episodes.files import atomic_write
+from varmem.episodes.sampler import EpisodeBatch, EpisodeSampler
+from varmem.episodes.stream import EpisodeStream
+from varmem.models.base import Batch, Capability, FewShotModel, Objective
+from varmem.models.evaluation import decodes_per_pass
+from varmem.models.registry import family_of
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -79,6 +75,8 @@ RESUMABLE_CHANGES = (
     "data.dir", "run.out", "run.tensorboard",
 )
 TENSORBOARD_DIR = "tensorboard"
+# Keys of a validation row that are bookkeeping, not the model's values.
+VAL_BOOKKEEPING = ("kind", "step", "samples", "objective_samples", "episodes", "nll_bound", "nll_bound_stderr", "accuracy_stderr")
 
 
 # --- the context: where the loop runs ---------------------------------------------------------
@@ -108,11 +106,11 @@ class TrainContext:
         return self.rank == 0
 
     # --- DDP hooks (in-process: nothing to do) ---
-    def prepare_model(self, model: FewShotGenerativeModel) -> FewShotGenerativeModel:
+    def prepare_model(self, model: FewShotModel) -> FewShotModel:
         """Called once after the model is on its device and its state is loaded (e.g. to broadcast parameters)."""
         return model
 
-    def reduce_gradients(self, model: FewShotGenerativeModel) -> None:
+    def reduce_gradients(self, model: FewShotModel) -> None:
         """After backward, before clipping: all-reduce (mean) every gradient over ranks."""
 
     def reduce_metrics(self, values: torch.Tensor) -> torch.Tensor:
@@ -205,39 +203,20 @@ def open_dataset(config: RunConfig) -> Dataset:
     return dataset
 
 
-def build_model(config: RunConfig, image_shape: tuple[int, int]) -> FewShotGenerativeModel:
-    """The config's model: ``models.config.build_model(ModelConfig.from_dict(model), image_shape)``,
-    or ``model.factory``'s callable ``(other model keys, image_shape)`` when the section names one."""
-    section = dict(config.model)
-    factory = section.pop(FACTORY_KEY, None)
-    if factory is not None:
-        model = resolve_factory(factory)(section, tuple(image_shape))
-    else:
-        cls = model_config_class()
-        if cls is None:
-            raise ConfigError("model: models.config is not importable in this installation; "
-                              "set model.factory to a builder 'package.module:function'")
-        from models.config import build_model as build_from_config
-
-        model = build_from_config(model_config_from_dict(cls, section), tuple(image_shape))
-    if not isinstance(model, FewShotGenerativeModel):
-        raise ConfigError(f"the model section built a {type(model).__name__}, not a models.base.FewShotGenerativeModel")
-    return model
+def build_model(config: RunConfig, image_shape: tuple[int, int]) -> FewShotModel:
+    """The config's model: its family (``model.name``, varmem.models.registry) built from ``config.model``."""
+    try:
+        return family_of(config.model).build(config.model, tuple(image_shape))
+    except ValueError as exc:  # the family's own checks of the image shape and its config
+        raise ConfigError(f"model ({config.model.family}): {exc}") from None
 
 
-def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Adam:
-    """Adam over the trainable parameters. ``optim.weight_decay`` applies to every parameter but a
-    learned memory's entries (VMA §4.3 trains those without weight decay); these get a group of
-    their own with weight_decay 0, placed second."""
-    exempt = set(no_weight_decay_names(model))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
+def build_optimizer(model: FewShotModel, o: OptimConfig) -> torch.optim.Adam:
+    """Adam over the family's parameter groups (``model.parameter_groups``: e.g. VMA's learned memory
+    entries without weight decay, VMA §4.3)."""
+    groups = [g for g in model.parameter_groups(o.weight_decay) if g["params"]]
+    if not groups:
         raise ConfigError("the model has no trainable parameters")
-    if exempt and o.weight_decay > 0:
-        groups = [{"params": [p for n, p in named if n not in exempt]},
-                  {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
-    else:
-        groups = [{"params": [p for _, p in named]}]
     return torch.optim.Adam(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
 
@@ -257,7 +236,7 @@ def validation_batches(dataset: Dataset, config: RunConfig, episodes: int, seed:
 # --- the objective of a training step ---------------------------------------------------------
 
 
-def training_objective(model: FewShotGenerativeModel, batch: EpisodeBatch, indices: list[int], num_samples: int, *,
+def training_objective(model: FewShotModel, batch: EpisodeBatch, indices: list[int], num_samples: int, *,
                        noise: str, seed: int) -> Objective:
     """The objective of one rank's G episodes, with the noise of ``train.noise``.
 
@@ -268,39 +247,29 @@ def training_objective(model: FewShotGenerativeModel, batch: EpisodeBatch, indic
     all G·T targets, as in the batched call); the gradient all-reduce then averages over ranks, so
     W ranks × G episodes step exactly as one process with W·G (up to float rounding).
     """
+    batch = Batch.of(batch)
     if noise == "rank":
-        return model.objective(batch.memory, batch.targets, num_samples)
+        return model.objective(batch, num_samples)
     parts = []
     for g, index in enumerate(indices):
         seed_everything(episode_noise_seed(seed, index))
-        parts.append(model.objective(batch.memory[g : g + 1], batch.targets[g : g + 1], num_samples))
-    if len(parts) == 1:
-        return parts[0]
-    return Objective(
-        loss=torch.stack([o.loss for o in parts]).mean(),
-        bound=torch.cat([o.bound for o in parts]),  # [G, T]
-        reconstruction=torch.cat([o.reconstruction for o in parts]),
-        kl_address=torch.cat([o.kl_address for o in parts]),
-        kl_latent=torch.cat([o.kl_latent for o in parts]),
-    )
+        parts.append(model.objective(batch.select(g), num_samples))
+    return Objective.concat(parts)  # loss: the mean of the episodes' losses; bound and terms [G, T]
 
 
 # --- evaluation of a bound --------------------------------------------------------------------
 
 
-def few_shot_accuracy(model: FewShotGenerativeModel, batch: EpisodeBatch) -> torch.Tensor:
-    """Classification by the address posterior: each target's class is the label with the most
-    q(a|x) mass over its memory entries (VMA §4.3, no fine-tuning). Correct or not, float [G, T]."""
-    log_q = model.address_log_posterior(batch.memory, batch.targets)  # [G, T, M]
-    classes = int(batch.memory_labels.max()) + 1
-    onehot = torch.nn.functional.one_hot(batch.memory_labels, classes).to(log_q.dtype)  # [G, M, C]
-    mass = torch.einsum("gtm,gmc->gtc", log_q.exp(), onehot)  # [G, T, C]
-    return (mass.argmax(-1) == batch.target_labels).to(torch.float32)
+def few_shot_accuracy(model: FewShotModel, batch: EpisodeBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The family's own classifier (``model.classify``: for address models the label with the most
+    q(a|x) mass, VMA §4.3, no fine-tuning; ties at random). Correct or not, float [G, T]."""
+    batch = Batch.of(batch)
+    return (model.classify(batch, generator) == batch.target_labels.cpu()).to(torch.float32)
 
 
 @torch.no_grad()
 def evaluate_bound(
-    model: FewShotGenerativeModel,
+    model: FewShotModel,
     batches: Iterable[EpisodeBatch],
     *,
     samples: int,
@@ -317,47 +286,58 @@ def evaluate_bound(
     caller's RNG stream (the training noise) is untouched.
     """
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    per_episode: dict[str, list[torch.Tensor]] = {k: [] for k in ("log_likelihood", "bound", "reconstruction", "kl_address", "kl_latent", "accuracy")}
+    likelihood = model.supports(Capability.LIKELIHOOD)
+    classifies = model.supports(Capability.CLASSIFICATION)
+    per_episode: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str, values: torch.Tensor) -> None:  # [G, T] → the per-episode means
+        per_episode.setdefault(name, []).append(values.double().mean(1).cpu())
+
     was_training = model.training
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # the classifier's tie-breaks
         model.eval()
         try:
             done = 0
             for batch in batches:
-                b = batch.to(device)
-                # ≤ decodes_per_pass (target, sample) decodes at a time: with the paper-size networks a
-                # pass of 100 samples × 32 targets held 7.6 GB on the CPU, and passes that large are slower
-                pass_chunk = max(1, min(chunk, decodes_per_pass(device) // b.targets.shape[:2].numel()))
-                ll = model.log_likelihood(b.memory, b.targets, samples, chunk=pass_chunk)  # [G, T]
-                obj = model.objective(b.memory, b.targets, num_samples)
-                per_episode["log_likelihood"].append(ll.mean(1).double().cpu())
-                for name in ("bound", "reconstruction", "kl_address", "kl_latent"):
-                    per_episode[name].append(getattr(obj, name).mean(1).double().cpu())
-                if model.has_address:
-                    per_episode["accuracy"].append(few_shot_accuracy(model, b).mean(1).double().cpu())
-                done += b.memory.shape[0]
+                b = Batch.of(batch.to(device))
+                if likelihood:
+                    # ≤ decodes_per_pass (target, sample) decodes at a time: with the paper-size networks a
+                    # pass of 100 samples × 32 targets held 7.6 GB on the CPU, and passes that large are slower
+                    pass_chunk = max(1, min(chunk, decodes_per_pass(device) // b.targets.shape[:2].numel()))
+                    keep("log_likelihood", model.log_likelihood(b, samples, chunk=pass_chunk))  # [G, T]
+                with torch.no_grad():
+                    obj = model.objective(b, num_samples)
+                if obj.bound is not None:
+                    keep("bound", obj.bound)
+                for name, value in obj.terms.items():
+                    keep(name, value)
+                if classifies:
+                    keep("accuracy", few_shot_accuracy(model, b, generator))
+                done += b.targets.shape[0]
                 if progress is not None:
                     progress(done)
         finally:
             model.train(was_training)
-    ll = torch.cat(per_episode["log_likelihood"])  # [episodes]
-    n = ll.numel()
-    out = {
-        "nll_bound": float(-ll.mean()),
-        "nll_bound_stderr": float(ll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
-        "samples": samples,
-        "episodes": n,
-        "objective_nll_bound": float(-torch.cat(per_episode["bound"]).mean()),
-        "objective_samples": num_samples,
-        "reconstruction": float(torch.cat(per_episode["reconstruction"]).mean()),
-        "kl_address": float(torch.cat(per_episode["kl_address"]).mean()),
-        "kl_latent": float(torch.cat(per_episode["kl_latent"]).mean()),
-    }
-    if per_episode["accuracy"]:
-        acc = torch.cat(per_episode["accuracy"])
+    out: dict[str, Any] = {"samples": samples, "objective_samples": num_samples}
+    n = 0
+    if "log_likelihood" in per_episode:
+        ll = torch.cat(per_episode.pop("log_likelihood"))  # [episodes]
+        n = ll.numel()
+        out.update(nll_bound=float(-ll.mean()),
+                   nll_bound_stderr=float(ll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"))
+    if "bound" in per_episode:
+        out["objective_nll_bound"] = float(-torch.cat(per_episode.pop("bound")).mean())
+    acc = torch.cat(per_episode.pop("accuracy")) if "accuracy" in per_episode else None
+    for name, values in per_episode.items():
+        out[name] = float(torch.cat(values).mean())
+        n = max(n, sum(v.numel() for v in values))
+    if acc is not None:
+        n = acc.numel()
         out["accuracy"] = float(acc.mean())
         out["accuracy_stderr"] = float(acc.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    out["episodes"] = n
     return out
 
 
@@ -451,8 +431,25 @@ def _fmt_time(seconds: float) -> str:
 
 # --- the loop ---------------------------------------------------------------------------------
 
-# Per-step values summed over a logging window, in this order (tensors: no device sync per step).
-_WINDOW = ("loss", "bound", "reconstruction", "kl_address", "kl_latent", "grad_norm")
+
+def step_values(obj: Objective, grad_norm: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """The names and values (one float64 vector, no device sync) a step adds to its logging window:
+    the loss, the bound when the family has one, the family's terms by name, the gradient norm."""
+    names = ["loss"] + (["bound"] if obj.bound is not None else []) + list(obj.terms) + ["grad_norm"]
+    values = [obj.loss.detach()] + ([obj.bound.detach().mean()] if obj.bound is not None else [])
+    values += [t.detach().float().mean() for t in obj.terms.values()] + [grad_norm.detach()]
+    return names, torch.stack([v.to(torch.float64) for v in values])
+
+
+def describe_values(values: dict[str, float]) -> str:
+    """``bound -92.10 | KL(a) 0.512 | ...``: a progress line's view of a family's logged values."""
+    parts = []
+    for name, value in values.items():
+        if name in ("loss", "grad_norm", "nll_bound"):
+            continue
+        label = {"kl_address": "KL(a)", "kl_latent": "KL(z)"}.get(name, name)
+        parts.append(f"{label} {value:.3f}" if abs(value) < 10 else f"{label} {value:.2f}")
+    return " | ".join(parts)
 
 
 def check_run(config: RunConfig, *, resume: bool | str | Path = False,
@@ -552,7 +549,8 @@ def train(
                  f"K={tc.num_samples}; noise per {tc.noise}")
 
     # 3. the loop --------------------------------------------------------------------------------
-    window = torch.zeros(len(_WINDOW), dtype=torch.float64, device=device)
+    window: torch.Tensor | None = None  # the sums of step_values over the logging window
+    window_names: list[str] = []
     window_steps, window_t0, window_wait0 = 0, time.perf_counter(), stream.wait_seconds
     run_t0 = time.perf_counter()
     last_train: dict[str, Any] = {}
@@ -562,19 +560,18 @@ def train(
     writer = None  # TensorBoard events (rank 0, run.tensorboard)
     first_step_at: float | None = None
     max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
-    has_address = bool(unwrap(model).has_address)
     log_train_m, log_eval_m = math.log(config.train_spec().memory_size), math.log(config.eval_spec().memory_size)
 
     def memory_use(row: dict[str, Any], log_m: float) -> dict[str, float]:
         """KL(q(a|x) || p(a)) / log|M|: the share of the memory's capacity the addresses use (address models)."""
-        return {"memory_use": row["kl_address"] / log_m} if has_address and log_m > 0 else {}
+        return {"memory_use": row["kl_address"] / log_m} if "kl_address" in row and log_m > 0 else {}
 
     width = len(str(tc.steps))
 
     def _check_finite(values: dict[str, float], step: int) -> None:
         if not all(math.isfinite(v) for v in values.values()):
             raise TrainingDiverged(
-                f"step {step}: loss {values['loss']}, gradient norm {values['grad_norm']} are not finite; "
+                f"step {step}: loss {values.get('loss')}, gradient norm {values.get('grad_norm')} are not finite; "
                 f"the last checkpoint is {last_ckpt or latest_checkpoint(run_dir) or 'none'}: "
                 f"lower optim.lr ({config.optim.lr}) or set optim.grad_clip")
 
@@ -594,10 +591,11 @@ def train(
             if writer is not None:
                 writer.validation(last_val, step)
                 writer.pictures(core, dataset, config, step)
-            acc = f" | acc {last_val['accuracy']:.3f}" if "accuracy" in last_val else ""
-            context.emit(f"val   step {step:>{width}} | NLL bound {last_val['nll_bound']:.2f} ± {last_val['nll_bound_stderr']:.2f} nats "
-                         f"(K={tc.val_samples}, {last_val['episodes']} episodes of {config.data.eval_split}) | "
-                         f"KL(a) {last_val['kl_address']:.3f} KL(z) {last_val['kl_latent']:.2f}{acc}")
+            head = (f"NLL bound {last_val['nll_bound']:.2f} ± {last_val['nll_bound_stderr']:.2f} nats (K={tc.val_samples}, "
+                    if "nll_bound" in last_val else "(")
+            shown = {k: v for k, v in last_val.items() if k not in VAL_BOOKKEEPING and isinstance(v, float)}
+            context.emit(f"val   step {step:>{width}} | {head}{last_val['episodes']} episodes of {config.data.eval_split}) | "
+                         f"{describe_values(shown)}")
         paused += time.perf_counter() - t0
 
     def checkpoint(step: int) -> None:
@@ -628,7 +626,7 @@ def train(
         context.emit(f"{run_dir} is complete at step {start}")
         return json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
     if context.is_main and config.run.tensorboard:
-        from distributed.tensorboard import RunWriter
+        from varmem.distributed.tensorboard import RunWriter
 
         # a resumed run hides the events an interrupted attempt wrote after its checkpoint
         writer = RunWriter(run_dir / TENSORBOARD_DIR, purge_step=start + 1 if ckpt is not None else None)
@@ -647,20 +645,24 @@ def train(
             optimizer.step()
             if first_step_at is None:
                 first_step_at = time.time()
-            window += torch.stack([obj.loss.detach(), obj.bound.detach().mean(), obj.reconstruction.detach().mean(),
-                                   obj.kl_address.detach().mean(), obj.kl_latent.detach().mean(),
-                                   grad_norm.detach()]).to(torch.float64)
+            names, step_vector = step_values(obj, grad_norm)
+            if window is None or names != window_names:
+                if window is not None and window_steps:
+                    raise RuntimeError(f"{type(core).__name__}: the objective's terms changed from {window_names} to {names}")
+                window, window_names = torch.zeros_like(step_vector), names
+            window += step_vector
             window_steps += 1
 
             is_log = step % tc.log_every == 0 or step == tc.steps
             is_ckpt = step % tc.checkpoint_every == 0 or step == tc.steps
             if is_log:
                 seconds = time.perf_counter() - window_t0 - paused
-                values = dict(zip(_WINDOW, context.reduce_metrics(window / window_steps).tolist()))
+                values = dict(zip(window_names, context.reduce_metrics(window / window_steps).tolist()))
                 _check_finite(values, step)
                 wait = stream.wait_seconds - window_wait0
                 last_train = {
-                    "kind": "train", "step": step, **values, "nll_bound": -values["bound"], "lr": optimizer.param_groups[0]["lr"],
+                    "kind": "train", "step": step, **values, **({"nll_bound": -values["bound"]} if "bound" in values else {}),
+                    "lr": optimizer.param_groups[0]["lr"],
                     "episodes_per_s": window_steps * tc.episodes_per_step * context.world_size / max(seconds, 1e-9),
                     "data_wait": wait / max(seconds, 1e-9),
                     "eta_s": (tc.steps - step) * seconds / window_steps, "elapsed_s": elapsed(),
@@ -672,8 +674,7 @@ def train(
                 if writer is not None:
                     writer.train(last_train, step)
                 context.emit(
-                    f"step {step:>{width}}/{tc.steps} | loss {values['loss']:.2f} | bound {values['bound']:.2f} | "
-                    f"KL(a) {values['kl_address']:.3f} KL(z) {values['kl_latent']:.2f} | |g| {values['grad_norm']:.1f} | "
+                    f"step {step:>{width}}/{tc.steps} | loss {values['loss']:.2f} | {describe_values(values)} | |g| {values['grad_norm']:.1f} | "
                     f"{last_train['episodes_per_s']:.1f} ep/s | wait {100 * last_train['data_wait']:.0f}% | "
                     f"ETA {_fmt_time(last_train['eta_s'])}")
                 window.zero_()
@@ -682,7 +683,7 @@ def train(
                 if context.report is not None and context.report_logs and not is_ckpt:  # its time counts in the next window
                     context.report(dict(last_train), None)
             elif is_ckpt:  # never checkpoint a diverged model
-                _check_finite(dict(zip(_WINDOW, context.reduce_metrics(window / window_steps).tolist())), step)
+                _check_finite(dict(zip(window_names, context.reduce_metrics(window / window_steps).tolist())), step)
             if (tc.val_every and step % tc.val_every == 0) or step == tc.steps:
                 validate(step)
             if is_ckpt:
@@ -716,12 +717,13 @@ def train(
         if writer is not None:
             writer.hparams(config, final)
             writer.close()
-        context.emit(f"done: step {step}, val NLL bound {last_val.get('nll_bound', float('nan')):.2f} nats, "
-                     f"{_fmt_time(final['elapsed_s'])} → {run_dir / FINAL_FILE}")
+        headline = (f"val NLL bound {last_val['nll_bound']:.2f} nats" if "nll_bound" in last_val
+                    else f"val accuracy {last_val['accuracy']:.3f}" if "accuracy" in last_val else "no validation value")
+        context.emit(f"done: step {step}, {headline}, {_fmt_time(final['elapsed_s'])} → {run_dir / FINAL_FILE}")
     return final
 
 
-def unwrap(model: torch.nn.Module) -> FewShotGenerativeModel:
+def unwrap(model: torch.nn.Module) -> FewShotModel:
     """The model inside a DDP-style wrapper (``.module``), or the model itself."""
     return getattr(model, "module", model)
 
@@ -729,7 +731,7 @@ def unwrap(model: torch.nn.Module) -> FewShotGenerativeModel:
 def _check_resumable(config: RunConfig, ckpt: dict[str, Any], source: Path) -> None:
     """A resumed run must follow the same trajectory: only the fields in RESUMABLE_CHANGES may differ."""
     try:
-        saved = RunConfig.from_dict(ckpt["config"])
+        saved = RunConfig.from_dict(ckpt["config"], legacy=True)
     except ConfigError as exc:
         raise ConfigError(f"checkpoint {source} holds a config this version cannot read: {exc}") from None
     changed = [d for d in saved.differences(config) if d.split(":")[0] not in RESUMABLE_CHANGES]
@@ -745,11 +747,11 @@ def _check_resumable(config: RunConfig, ckpt: dict[str, Any], source: Path) -> N
 
 @dataclass
 class LoadedRun:
-    """A run directory opened for evaluation: what ``models.evaluation.evaluate(run, ...)`` receives."""
+    """A run directory opened for evaluation: what ``varmem.models.evaluation.evaluate(run, ...)`` receives."""
 
     run_dir: Path
     config: RunConfig
-    model: FewShotGenerativeModel  # in eval mode, on ``device``, with the checkpoint's parameters
+    model: FewShotModel  # in eval mode, on ``device``, with the checkpoint's parameters
     step: int
     checkpoint: Path
     dataset: Dataset
@@ -783,7 +785,7 @@ def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, se
     """The test NLL bound with ``samples`` importance samples, its KL parts and (address models) accuracy
     on ``bound_episodes`` (default ``episodes``) fixed episodes of the config's eval shape, and the
     evaluation protocol's results under "protocol", its tables over ``episodes`` episodes
-    (``protocol_options``: more keyword arguments of :func:`models.evaluation.evaluate`,
+    (``protocol_options``: more keyword arguments of :func:`varmem.models.evaluation.evaluate`,
     e.g. ``out_dir``, ``lake_runs``, ``pictures``, ``classification_episodes``)."""
     table_episodes = episodes
     episodes = episodes if bound_episodes is None else bound_episodes
@@ -815,7 +817,7 @@ def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, se
                          chunk=run.config.train.chunk, seed=seed, device=run.device, progress=report),
     }
     # the protocol: NLL tables vs memory, classification with CIs, Lake runs, pictures
-    from models.evaluation import evaluate
+    from varmem.models.evaluation import evaluate
 
     options = {"progress": (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
                **(protocol_options or {})}

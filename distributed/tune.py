@@ -5,7 +5,7 @@
                 [--max-concurrent N] [--grace-period STEPS] [--reduction-factor F] [--seed S]
                 [--address ADDR] [--overwrite] [--quiet]
     varmem tune --resume --out SEARCH_DIR     continue an interrupted search (its own config, space, options)
-    python -m distributed.tune ...            the same flags
+    python -m varmem.distributed.tune ...            the same flags
 
 The space file
 --------------
@@ -35,10 +35,10 @@ Trials
 ------
 Each trial is one training run in ``SEARCH_DIR/trials/<trial id>`` (a normal run directory:
 ``config.yaml``, ``checkpoints/``, ``metrics.jsonl``, ``final_metrics.json``, ``tensorboard/``).
-``--workers 0`` (the default) runs :func:`distributed.train_loop.train` inside the Tune trial
+``--workers 0`` (the default) runs :func:`varmem.distributed.train_loop.train` inside the Tune trial
 (one CPU each, ``--cpus-per-trial``); ``--workers N`` makes the trial a thin driver (0.01 CPU)
 that fits a Ray Train ``TorchTrainer`` of N workers through
-:func:`distributed.ray_train.train_distributed`.
+:func:`varmem.distributed.ray_train.train_distributed`.
 
 A trial reports to Tune whenever its run has a new validation NLL bound, and whenever it writes a
 checkpoint after its first validation: the metric must be in every report, and the train loop's
@@ -97,7 +97,8 @@ from typing import Any, Callable
 
 import yaml
 
-from distributed.config import ConfigError, RunConfig, atomic_write_text, load_yaml_file, read_yaml
+from varmem.distributed.config import ConfigError, RunConfig, atomic_write_text, load_yaml_file, read_yaml
+from varmem.distributed.metrics import row_tags
 
 METRIC = "val_nll_bound"  # the newest validation NLL bound (nats): the search's metric
 MODE = "min"
@@ -305,15 +306,15 @@ def _apply_one(base: RunConfig, params: dict[str, Any], where: str) -> RunConfig
 def preflight(variants: list[Variant], where: str = "space") -> None:
     """The checks that need the dataset and the model, on every distinct config of :func:`check_space`:
     the dataset supplies the episodes, the model section builds (a bad value fails here, not in a trial)."""
-    from distributed.train_loop import build_model, open_dataset
-    from episodes.errors import DataError
+    from varmem.distributed.train_loop import build_model, open_dataset
+    from varmem.episodes.errors import DataError
 
     seen_data: set[str] = set()
     seen_model: set[str] = set()
     image_shape = None
     for params, config in variants:
         data_key = json.dumps([config.data.to_dict(), config.episode.to_dict()], sort_keys=True)
-        model_key = json.dumps(config.model, sort_keys=True)
+        model_key = json.dumps(config.model.to_dict(), sort_keys=True)
         shown = ", ".join(f"{key}: {value!r}" for key, value in params.items()) or "the base config"
         try:
             if data_key not in seen_data or image_shape is None:
@@ -385,6 +386,7 @@ class TrialSetup:
     search_dir: str  # absolute
     workers: int = 0
     cpus_per_worker: float = 1.0
+    plugins: tuple[str, ...] = ()  # model-family plugins the driver loaded (--plugin): loaded again in each trial
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -405,10 +407,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def tune_metrics(train_row: dict[str, Any], val_row: dict[str, Any], step: int) -> dict[str, Any]:
     """The values of one Tune report (see the module docstring)."""
     out: dict[str, Any] = {TIME_ATTR: step, METRIC: float(val_row["nll_bound"]), "val_step": int(val_row["step"])}
-    for key in ("nll_bound_stderr", "accuracy", "kl_address", "kl_latent", "memory_use"):
-        if isinstance(val_row.get(key), (int, float)):
-            out[f"val_{key}"] = float(val_row[key])
-    for key in ("loss", "nll_bound", "kl_address", "kl_latent", "grad_norm", "episodes_per_s", "elapsed_s"):
+    for key in row_tags(val_row, ("nll_bound",)):  # every value of the family's, by name
+        out[f"val_{key}"] = float(val_row[key])
+    for key in (*row_tags(train_row, ("lr", "data_wait")), "elapsed_s"):
         if isinstance(train_row.get(key), (int, float)):
             out[f"train_{key}"] = float(train_row[key])
     return out
@@ -427,7 +428,7 @@ class TrialReporter:
     def next_report(self, checkpoint: Path | None = None) -> tuple[dict[str, Any], Path | None] | None:
         """The next report's (metrics, checkpoint or None) when there is something new (and it counts
         as reported), else None. ``checkpoint``: the run's newest checkpoint file, when one was just written."""
-        from distributed.train_loop import METRICS_FILE, checkpoint_step
+        from varmem.distributed.train_loop import METRICS_FILE, checkpoint_step
 
         rows = read_rows(self.run_dir / METRICS_FILE)
         vals = [r for r in rows if r.get("kind") == "val" and isinstance(r.get("nll_bound"), (int, float))]
@@ -483,9 +484,9 @@ def restore_checkpoint(run_dir: Path, tune_checkpoint: Any) -> bool:
     """Put the trial's checkpoint in place for a resume: Tune's copy is copied into the run directory
     when it is newer than the run directory's newest (a restored search, a restarted trial). True when
     the run directory then holds a checkpoint (the trial resumes), False for a fresh start."""
-    from distributed.train_loop import CHECKPOINT_DIR, checkpoint_step, latest_checkpoint
-    from distributed.worker import checkpoint_file
-    from episodes.files import temporary_sibling
+    from varmem.distributed.train_loop import CHECKPOINT_DIR, checkpoint_step, latest_checkpoint
+    from varmem.distributed.worker import checkpoint_file
+    from varmem.episodes.files import temporary_sibling
 
     if tune_checkpoint is not None:
         with tune_checkpoint.as_directory() as directory:
@@ -504,8 +505,10 @@ def varmem_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     """One Tune trial: the base config with ``params`` applied, trained in SEARCH_DIR/trials/<trial id>."""
     from ray import tune
 
-    from distributed.train_loop import TrainContext, train
+    from varmem.distributed.train_loop import TrainContext, train
+    from varmem.models.registry import load_plugins
 
+    load_plugins(setup.plugins)
     run_dir = Path(setup.search_dir) / TRIALS_DIR / tune.get_context().get_trial_id()
     config = apply_params(RunConfig.from_dict(setup.config), params)
     config = config.with_overrides([f"run.out={json.dumps(str(run_dir))}"])
@@ -517,7 +520,7 @@ def varmem_trial(params: dict[str, Any], setup: TrialSetup) -> None:
         train(config, resume=resume, overwrite=not resume, context=context)
         reporter.update()  # a run found complete reports its last validation
         return
-    from distributed.ray_train import DEFAULT_MAX_FAILURES, Launch, train_distributed
+    from varmem.distributed.ray_train import DEFAULT_MAX_FAILURES, Launch, train_distributed
 
     # a thin driver: the TorchTrainer's controller forwards its workers' reports to this trial
     launch = Launch(workers=setup.workers, cpus_per_worker=setup.cpus_per_worker, max_failures=DEFAULT_MAX_FAILURES)
@@ -531,7 +534,7 @@ def validation_report_callback(run_dir: Path):
     the :class:`TrialReporter` of ``run_dir`` decides what is forwarded and adds them."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from distributed.train_loop import latest_checkpoint
+    from varmem.distributed.train_loop import latest_checkpoint
 
     class ValidationReportCallback(TuneReportCallback):
         def __init__(self, run_dir: Path):
@@ -637,7 +640,7 @@ def _connect(ray, address: str | None, quiet: bool) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS, or start a cluster here) unless connected; True when this call connected."""
     if ray.is_initialized():
         return False
-    from distributed.ray_train import RAY_ENV_DEFAULTS
+    from varmem.distributed.ray_train import RAY_ENV_DEFAULTS
 
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -651,7 +654,7 @@ def _connect(ray, address: str | None, quiet: bool) -> bool:
 
 def _check_cluster(ray, options: SearchOptions) -> float:
     """The cluster's CPUs; ConfigError when one trial needs more than the cluster has (it would wait forever)."""
-    from distributed.ray_train import Launch, check_resources
+    from varmem.distributed.ray_train import Launch, check_resources
 
     if not options.workers:
         cpus = float(ray.cluster_resources().get("CPU", 0))
@@ -676,7 +679,9 @@ def _fit(base: RunConfig, space: Space, options: SearchOptions, search_dir: Path
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    setup = TrialSetup(config=base.to_dict(), search_dir=str(search_dir), workers=options.workers,
+    from varmem.models.registry import loaded_plugins
+
+    setup = TrialSetup(config=base.to_dict(), search_dir=str(search_dir), workers=options.workers, plugins=tuple(loaded_plugins()),
                        cpus_per_worker=options.cpus_per_trial)
     # in-process: the trial trains, so it holds its CPUs; --workers N: a thin driver, its workers hold the CPUs
     resources = {"cpu": options.cpus_per_trial} if options.workers == 0 else {"cpu": DRIVER_CPUS}
@@ -762,7 +767,7 @@ def clear_search_dir(search_dir: Path) -> None:
 def collect_rows(grid, space: Space, search_dir: Path, steps: int) -> list[dict[str, Any]]:
     """One row per trial: the sampled values, from its run directory the final and best validation NLL
     and the steps trained, and its status (finished, stopped (ASHA), error, unfinished, not started)."""
-    from distributed.train_loop import FINAL_FILE, METRICS_FILE
+    from varmem.distributed.train_loop import FINAL_FILE, METRICS_FILE
 
     rows = []
     for i in range(len(grid)):
@@ -887,6 +892,9 @@ def add_tune_command(sub: argparse._SubParsersAction) -> None:
 def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     d = SearchOptions()
     p.add_argument("--config", type=Path, default=None, help="the base YAML run config")
+    from varmem.distributed.cli import add_plugin_argument
+
+    add_plugin_argument(p)
     p.add_argument("--space", type=Path, default=None, help="the search space YAML (see configs/space_vma.yaml)")
     p.add_argument("--samples", type=int, default=None, metavar="N", help=f"trials per grid point (default {d.samples})")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
@@ -956,10 +964,10 @@ def _exit_status(result: SearchResult) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m distributed.tune``: ``varmem tune`` as a module (the form for ``ray job submit``)."""
-    from distributed.cli import run_command
+    """``python -m varmem.distributed.tune``: ``varmem tune`` as a module (the form for ``ray job submit``)."""
+    from varmem.distributed.cli import run_command
 
-    parser = argparse.ArgumentParser(prog="python -m distributed.tune", description=TUNE_DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m varmem.distributed.tune", description=TUNE_DESCRIPTION)
     add_tune_arguments(parser)
     return run_command(_tune, parser.parse_args(argv))
 

@@ -3,7 +3,7 @@
 :func:`train_worker` is what ``TorchTrainer`` runs on every worker: a pure function of its
 ``loop_config`` (the run config as a dict, resolved to absolute paths by the driver; ``quiet``;
 ``report_logs``), of Ray's checkpoint and of the run directory. It builds a :class:`RayTrainContext` and calls
-:func:`distributed.train_loop.train`, the same function ``varmem train --workers 0`` calls:
+:func:`varmem.distributed.train_loop.train`, the same function ``varmem train --workers 0`` calls:
 
 * rank, world size and device come from ``ray.train``; the process group (gloo on CPU, nccl
   on GPU) is the one ``TorchTrainer`` set up;
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distributed.train_loop import CHECKPOINT_DIR, TrainContext, checkpoint_step, latest_checkpoint, train
+from varmem.distributed.train_loop import CHECKPOINT_DIR, TrainContext, checkpoint_step, latest_checkpoint, train
 
 STAGING_PREFIX = ".ray-staging-"
 
@@ -153,9 +153,11 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """The function every Ray Train worker runs (see the module docstring); returns the final metrics."""
     import ray.train
 
-    from distributed.config import RunConfig
+    from varmem.distributed.config import RunConfig
+    from varmem.models.registry import load_plugins
 
     quiet_ray_train_logs()
+    load_plugins(loop_config.get("plugins", ()))  # the driver's --plugin families, before the config names one
     config = RunConfig.from_dict(loop_config["config"])
     run_dir = Path(config.run.out)
     if config.train.threads:

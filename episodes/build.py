@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from episodes.errors import DataError
-from episodes.manifest import SCHEMA, SCHEMA_VERSION, write_manifest
-from episodes.preprocess import Preprocessing
-from episodes.shards import schema, write_shard
-from episodes.sources.base import ClassRecord, Source
-from episodes.splits import SplitPolicy
+from varmem.episodes.errors import DataError
+from varmem.episodes.manifest import SCHEMA, SCHEMA_VERSION, write_manifest
+from varmem.episodes.preprocess import Preprocessing
+from varmem.episodes.shards import schema, write_shard
+from varmem.episodes.sources.base import ClassRecord, Source
+from varmem.episodes.splits import SplitPolicy
 
 SPLIT_ORDER = ("background", "evaluation", "train", "test", "all", "lake-runs")
 DEFAULT_SHARD_BYTES = 64 << 20  # ~64 MiB of images per shard: 4,900 classes of 20 at 26×26

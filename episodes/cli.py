@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from episodes.errors import DataError
+from varmem.episodes.errors import DataError
 
 SOURCES = ("strokes", "omniglot", "lake-runs", "folder")
 
@@ -75,7 +75,7 @@ def make_source(args: argparse.Namespace):
     if args.source == "strokes":
         if paths:
             raise DataError("--path is not used with --source strokes (it needs no files)")
-        from episodes.sources.strokes import StrokesSource
+        from varmem.episodes.sources.strokes import StrokesSource
 
         return StrokesSource(classes=args.classes, alphabets=args.alphabets, images_per_class=args.images_per_class, seed=args.seed,
                              evaluation_fraction=args.evaluation_fraction)
@@ -85,24 +85,24 @@ def make_source(args: argparse.Namespace):
         if not p.exists():
             raise DataError(f"--path {p} does not exist")
     if args.source == "omniglot":
-        from episodes.sources.omniglot import OmniglotSource
+        from varmem.episodes.sources.omniglot import OmniglotSource
 
         return OmniglotSource(paths)
     if len(paths) != 1:
         raise DataError(f"--source {args.source} takes one --path, got {len(paths)}")
     if args.source == "lake-runs":
-        from episodes.sources.lake_runs import LakeRunsSource
+        from varmem.episodes.sources.lake_runs import LakeRunsSource
 
         return LakeRunsSource(paths[0])
-    from episodes.sources.folder import FolderSource
+    from varmem.episodes.sources.folder import FolderSource
 
     return FolderSource(paths[0], ink=args.ink)
 
 
 def _build(args: argparse.Namespace) -> int:
-    from episodes.build import build_dataset, build_lake_runs
-    from episodes.preprocess import Preprocessing
-    from episodes.splits import SplitPolicy
+    from varmem.episodes.build import build_dataset, build_lake_runs
+    from varmem.episodes.preprocess import Preprocessing
+    from varmem.episodes.splits import SplitPolicy
 
     pre = Preprocessing(size=args.size, method=args.preprocess) if args.preprocess else Preprocessing.default(args.size)
     source = make_source(args)
@@ -117,7 +117,7 @@ def _build(args: argparse.Namespace) -> int:
             print(f"building {args.out} from {args.source} at {pre.size}×{pre.size} ({pre.method})", file=sys.stderr)
         manifest = build_dataset(source, args.out, preprocessing=pre, split=policy, overwrite=args.overwrite,
                                  workers=args.workers, progress=not args.quiet)
-    from episodes.dataset import Dataset
+    from varmem.episodes.dataset import Dataset
 
     _print_info(Dataset(args.out.resolve(), manifest).info())
     print(f"built in {manifest['build']['seconds']:.1f} s")
@@ -133,7 +133,7 @@ def _print_info(info: dict) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from episodes.dataset import Dataset
+    from varmem.episodes.dataset import Dataset
 
     info = Dataset.open(args.dir).info()
     if args.json:
@@ -144,7 +144,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from episodes.dataset import Dataset
+    from varmem.episodes.dataset import Dataset
 
     ds = Dataset.open(args.dir)
     problems = ds.verify()
@@ -159,23 +159,23 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from episodes import show
-    from episodes.dataset import Dataset
+    from varmem.episodes import show
+    from varmem.episodes.dataset import Dataset
 
     ds = Dataset.open(args.dir)
     if args.episode:
         if args.compare:
             raise DataError("--compare draws class grids; it does not go with --episode")
         if ds.kind == "lake-runs":
-            from episodes.sampler import LakeRunEpisodes
+            from varmem.episodes.sampler import LakeRunEpisodes
 
             runs = LakeRunEpisodes(ds)
             if not 0 <= args.index < len(runs):
                 raise DataError(f"--index {args.index} is not a run of this dataset (0..{len(runs) - 1})")
             ep, ways, title = runs.episode(args.index), 20, f"Lake run {runs.runs[args.index]:02d}: memory | target"
         else:
-            from episodes.sampler import EpisodeSampler
-            from episodes.spec import EpisodeSpec
+            from varmem.episodes.sampler import EpisodeSampler
+            from varmem.episodes.spec import EpisodeSpec
 
             spec = EpisodeSpec(split=args.split or ds.split_names[0], ways=args.ways, shots=args.shots, targets=args.targets,
                                distractors=args.distractors, alphabet=args.alphabet)

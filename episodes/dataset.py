@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow.ipc as ipc
 
-from episodes.errors import DataError
-from episodes.manifest import read_manifest
-from episodes.shards import Shard, open_shard, sha256_file
+from varmem.episodes.errors import DataError
+from varmem.episodes.manifest import read_manifest
+from varmem.episodes.shards import Shard, open_shard, sha256_file
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Split:
 
 
 class Dataset:
-    """A varmem dataset directory (see ``episodes.manifest`` for the layout)."""
+    """A varmem dataset directory (see ``varmem.episodes.manifest`` for the layout)."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any]):
         self.directory = directory

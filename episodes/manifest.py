@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from episodes.errors import DataError
+from varmem.episodes.errors import DataError
 
 SCHEMA = "varmem.dataset"
 SCHEMA_VERSION = 1

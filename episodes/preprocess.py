@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from episodes.errors import DataError
+from varmem.episodes.errors import DataError
 
 METHODS = ("maxpool", "resize")
 

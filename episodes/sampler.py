@@ -22,9 +22,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from episodes.dataset import Dataset, Split
-from episodes.errors import DataError
-from episodes.spec import EpisodeSpec
+from varmem.episodes.dataset import Dataset, Split
+from varmem.episodes.errors import DataError
+from varmem.episodes.spec import EpisodeSpec
 
 _SEED_MASK = (1 << 64) - 1
 

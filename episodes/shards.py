@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from episodes.errors import DataError
+from varmem.episodes.errors import DataError
 
 IMAGE_COLUMN = "image"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from episodes.dataset import Dataset
-from episodes.errors import DataError
-from episodes.files import atomic_write
-from episodes.sampler import Episode
+from varmem.episodes.dataset import Dataset
+from varmem.episodes.errors import DataError
+from varmem.episodes.files import atomic_write
+from varmem.episodes.sampler import Episode
 
 BG = 255  # white paper
 SEP = 200  # light grey between blocks

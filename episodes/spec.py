@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from episodes.errors import DataError
+from varmem.episodes.errors import DataError
 
 ALPHABET_MODES = ("any", "within")
 BINARIZE_MODES = ("none", "static", "dynamic")

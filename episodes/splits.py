@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from episodes.errors import DataError
-from episodes.sources.base import ClassRecord
+from varmem.episodes.errors import DataError
+from varmem.episodes.sources.base import ClassRecord
 
 POLICIES = ("release", "alphabets", "characters")
 # Five test alphabets of the VMA few-shot experiments (45/5 split of all 50 alphabets).

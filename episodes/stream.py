@@ -20,10 +20,10 @@ import threading
 import time
 from typing import Any
 
-from episodes.dataset import Dataset
-from episodes.errors import DataError
-from episodes.sampler import EpisodeBatch, EpisodeSampler
-from episodes.spec import EpisodeSpec
+from varmem.episodes.dataset import Dataset
+from varmem.episodes.errors import DataError
+from varmem.episodes.sampler import EpisodeBatch, EpisodeSampler
+from varmem.episodes.spec import EpisodeSpec
 
 
 class EpisodeStream:

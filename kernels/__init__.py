@@ -1,20 +1,20 @@
 """Fused Triton kernels for varmem's hot operations, each with its PyTorch reference.
 
-Dispatch (see ``kernels.dispatch``): Triton on CUDA tensors, the reference on CPU;
+Dispatch (see ``varmem.kernels.dispatch``): Triton on CUDA tensors, the reference on CPU;
 ``VARMEM_KERNELS=triton|reference|auto`` or ``with kernels.use_backend(...)`` forces one.
 """
-from kernels.dispatch import BackendUnavailable, use_backend
+from varmem.kernels.dispatch import BackendUnavailable, use_backend
 
 __all__ = ["BackendUnavailable", "use_backend"]
 
 # --- memory addressing / memory read (kernels/memory_addressing.py, kernels/memory_read.py) ---
-from kernels.memory_addressing import (  # noqa: E402
+from varmem.kernels.memory_addressing import (  # noqa: E402
     MemoryAddressingOutput,
     memory_addressing,
     memory_addressing_reference,
     memory_log_softmax,
 )
-from kernels.memory_read import memory_read, memory_read_reference  # noqa: E402
+from varmem.kernels.memory_read import memory_read, memory_read_reference  # noqa: E402
 
 __all__ += [
     "MemoryAddressingOutput",
@@ -26,7 +26,7 @@ __all__ += [
 ]
 
 # --- VIMCO (kernels/vimco.py) ---
-from kernels.vimco import (  # noqa: E402
+from varmem.kernels.vimco import (  # noqa: E402
     VimcoOutput,
     vimco,
     vimco_reference,
@@ -37,7 +37,7 @@ from kernels.vimco import (  # noqa: E402
 __all__ += ["VimcoOutput", "vimco", "vimco_reference", "vimco_surrogate", "vimco_surrogate_reference"]
 
 # --- Gaussian-kernel attention (kernels/gaussian_attention.py) ---
-from kernels.gaussian_attention import (  # noqa: E402
+from varmem.kernels.gaussian_attention import (  # noqa: E402
     gaussian_filterbanks,
     gaussian_read,
     gaussian_read_reference,

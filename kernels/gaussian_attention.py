@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.dispatch import choose, dtype_reason, triton_device_reason
+from varmem.kernels.dispatch import choose, dtype_reason, triton_device_reason
 
 __all__ = [
     "FILTER_EPS",

@@ -19,7 +19,7 @@ e_a = 0, the gradient of the clamped formula (large, 1e6·|e_q|; for float16 key
 overflow to inf when |dS·e_q| > 0.065 -- use float32/bfloat16 keys if zero keys are expected).
 Cosine clamps the query norm the same way.
 
-Backends (see ``kernels.dispatch``):
+Backends (see ``varmem.kernels.dispatch``):
 
 * ``reference``: dense PyTorch on the [G, B, M] logits; the CPU path, the test oracle.
 * ``triton``: never writes a B×M tensor. Cheap O(M·d) pieces stay in torch (inverse key norms,
@@ -71,7 +71,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import choose, dtype_reason, interpret_mode, triton_device_reason
+from varmem.kernels.dispatch import choose, dtype_reason, interpret_mode, triton_device_reason
 
 SIMILARITIES = ("normalized_dot", "dot", "cosine")
 NORM_EPS = 1e-6

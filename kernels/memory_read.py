@@ -18,7 +18,7 @@ This is flash-attention with one query per row (flash-decoding):
   dv_a = Σ_b w g_b, d e_a and the gradient of the inverse key norm; splits of B (only when the
   M-blocks do not fill the device) are summed in torch (deterministic, no atomics).
 
-Zero-norm keys follow ``kernels.memory_addressing`` (norms clamped below by NORM_EPS: S = 0
+Zero-norm keys follow ``varmem.kernels.memory_addressing`` (norms clamped below by NORM_EPS: S = 0
 for a zero key, finite gradients). Double backward is not supported by the Triton backend
 (``once_differentiable``; ``create_graph=True`` raises); the reference supports it. Output
 dtype = values' dtype (16-bit inputs are computed in float32 and rounded at the end).
@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import choose
-from kernels.memory_addressing import (
+from varmem.kernels.dispatch import choose
+from varmem.kernels.memory_addressing import (
     Plan,
     _as_grouped,
     _cdiv,
@@ -353,7 +353,7 @@ def memory_read(
     """Soft-attention read Σ_a softmax_a(S[b, a]) v_a: [B, dv] (or [G, B, dv]).
 
     query [B, d] or [G, B, d]; keys [M, d] or [G, M, d]; values [M, dv] or [G, M, dv];
-    ``similarity`` as in :func:`kernels.memory_addressing`. Differentiable in query, keys, values.
+    ``similarity`` as in :func:`varmem.kernels.memory_addressing`. Differentiable in query, keys, values.
     """
     check_memory_inputs(query, keys, similarity=similarity, values=values, op="memory_read")
     tensors = [query, keys, values]

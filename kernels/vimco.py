@@ -52,7 +52,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.dispatch import choose, dtype_reason, triton_device_reason
+from varmem.kernels.dispatch import choose, dtype_reason, triton_device_reason
 
 __all__ = [
     "VARIANTS",
@@ -73,7 +73,7 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # would spill registers; larger K (e.g. the K = 5000 evaluation bounds) go to the reference.
 TRITON_MAX_K = 8192
 # Elements per program: BLOCK_B rows x BLOCK_K columns. Not measured on a GPU yet (none in
-# the session that wrote this); `python -m benchmarks.bench_vimco` is how to tune it.
+# the session that wrote this); `python -m varmem.benchmarks.bench_vimco` is how to tune it.
 _TILE_ELEMENTS = 4096
 
 

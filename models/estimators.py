@@ -38,3 +38,20 @@ def chunked_log_mean_exp(draw: Callable[[int], torch.Tensor], num_samples: int, 
         total = part if total is None else torch.logaddexp(total, part)
         done += k
     return total - math.log(num_samples)
+
+
+def iwae_objective(log_w: torch.Tensor, log_px: torch.Tensor, q_z) -> "Objective":  # noqa: F821
+    """The importance-weighted objective of a model whose only latent is z ~ q(z|x) with prior N(0, I)
+    (the VAE and soft-attention baselines): log_w, log_px [G, T, K], q_z [G, T, z]. Fully reparameterized."""
+    from varmem.models.base import Objective
+    from varmem.models.distributions import DiagonalGaussian
+
+    bound = log_mean_exp(log_w)  # [G, T]  IWAE bound (VMA eq. 7 without the address)
+    return Objective(
+        loss=-bound.mean(),
+        bound=bound.detach(),
+        terms={
+            "reconstruction": log_px.detach().mean(-1),  # E_q log p(x | z, ...)
+            "kl_latent": q_z.kl(DiagonalGaussian.standard(q_z.mean.shape, q_z.mean)).detach(),  # KL(q(z|x) || N(0, I))
+        },
+    )

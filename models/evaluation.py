@@ -1,6 +1,6 @@
 """The evaluation protocol of a trained few-shot generative model (Bornschein et al. 2017, §4).
 
-``evaluate(run)`` takes a :class:`distributed.train_loop.LoadedRun` and measures, on the run's
+``evaluate(run)`` takes a :class:`varmem.distributed.train_loop.LoadedRun` and measures, on the run's
 eval split, with fixed seeded episodes:
 
 * **NLL vs examples** (the paper's Table 1, C = 1): memory = n examples of ONE class, the
@@ -14,7 +14,7 @@ eval split, with fixed seeded episodes:
 * **Few-shot classification** without fine-tuning, N-way K-shot (5/20-way, 1/5-shot), one
   query per class, ≥ 1,000 episodes, two readings of the generative model:
 
-  - ``q_a``: p(c|x) ≈ Σ_{a: label(a) = c} q(a|x)  (models with ``has_address``; VMA §4.3)
+  - ``q_a``: p(c|x) ≈ Σ_{a: label(a) = c} q(a|x)  (families with the address posterior; VMA §4.3)
   - ``likelihood``: p(c|x) ∝ p(x|M_c), M_c = class c's support only (every model that reads
     the episode's memory; N ``log_likelihood`` calls per target, so fewer samples)
 
@@ -33,17 +33,16 @@ chunks with a running log-sum-exp) and, unless one episode is larger, at most
 :data:`IMAGES_PER_PASS` memory and target images.
 
 Determinism: episodes are pure functions of (dataset, spec, seed, episode index)
-(:class:`episodes.sampler.EpisodeSampler`); the importance samples of each table row (each
+(:class:`varmem.episodes.sampler.EpisodeSampler`); the importance samples of each table row (each
 classification task) are drawn from torch's global RNG seeded from (seed, row or task) under
 ``torch.random.fork_rng``, so the caller's RNG is untouched and two evaluations of the same run
 with the same arguments give identical numbers. The global RNG (not a ``generator=`` argument)
-serves every model behind ``models.base``'s interface, including ``model.factory`` models whose
+serves every model behind ``varmem.models.base``'s interface, including ``model.factory`` models whose
 methods take no generator.
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import time
 import zlib
@@ -54,11 +53,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from episodes.dataset import Dataset
-from episodes.errors import DataError
-from episodes.sampler import EpisodeBatch, EpisodeSampler, LakeRunEpisodes
-from episodes.show import BG, SEP, labelled, save_png, tile, upscale
-from episodes.spec import EpisodeSpec
+from varmem.episodes.dataset import Dataset
+from varmem.episodes.errors import DataError
+from varmem.episodes.sampler import EpisodeBatch, EpisodeSampler, LakeRunEpisodes
+from varmem.episodes.show import BG, SEP, labelled, save_png, tile, upscale
+from varmem.episodes.spec import EpisodeSpec
+from varmem.models.base import Batch, Capability, argmax_random_ties
 
 # The paper's Table 1 columns: examples of one class in memory.
 DEFAULT_EXAMPLES = (1, 2, 3, 4, 5, 10, 19)
@@ -200,19 +200,21 @@ def methods_for(model) -> dict[str, str | None]:
     why_memory = (f"{type(model).__name__} does not read the episode's memory"
                   + (" (learned memory)" if getattr(model, "uses_memory", True) else ""))
     return {
-        "q_a": None if getattr(model, "has_address", False) and episode_memory
-        else (why_memory if not episode_memory else f"{type(model).__name__} has no address posterior q(a|x)"),
-        "likelihood": None if episode_memory else why_memory,
+        "q_a": None if model.supports(Capability.ADDRESS) and model.supports(Capability.CLASSIFICATION) and episode_memory
+        else (why_memory if not episode_memory else f"the {model.family!r} family has no address posterior q(a|x)"),
+        "likelihood": None if episode_memory and model.supports(Capability.LIKELIHOOD)
+        else (why_memory if not episode_memory else f"the {model.family!r} family has no likelihood"),
     }
 
 
 def _log_likelihood(model, memory, targets, samples: int, chunk: int, exact_address: bool) -> torch.Tensor:
     """``model.log_likelihood`` [G, T]; ``exact_address`` only where the model's method takes it."""
+    batch = Batch(memory, targets)
     if exact_address:
-        if "exact_address" not in inspect.signature(model.log_likelihood).parameters:
-            raise ValueError(f"exact_address=True: {type(model).__name__}.log_likelihood has no exact_address argument")
-        return model.log_likelihood(memory, targets, samples, chunk=chunk, exact_address=True)
-    return model.log_likelihood(memory, targets, samples, chunk=chunk)
+        if not model.supports(Capability.ADDRESS):
+            raise ValueError(f"exact_address=True: the {model.family!r} family has no address to sum over")
+        return model.log_likelihood(batch, samples, chunk=chunk, exact_address=True)
+    return model.log_likelihood(batch, samples, chunk=chunk)
 
 
 def decodes_per_pass(device: torch.device) -> int:
@@ -239,8 +241,13 @@ def _check_positive(**values: int) -> None:
 # =============================================================================================
 
 
+# K of the objective whose terms (KL parts) the tables report beside each row: their expectations do
+# not depend on K (KL(a) is exact; KL(z) is averaged over the sampled addresses), only their noise.
+OBJECTIVE_SAMPLES = 4
+
+
 def _objective_samples(model) -> int:
-    return max(2, int(getattr(getattr(model, "config", None), "num_samples", 4)))
+    return max(OBJECTIVE_SAMPLES, model.min_num_samples)
 
 
 def nll_over_episodes(model, sampler: EpisodeSampler, episodes: int, *, samples: int, chunk: int = 100, seed: int = 0,
@@ -290,7 +297,7 @@ def _paired_passes(model, sampler: EpisodeSampler, episodes: int, views: Sequenc
     tag = f"paired/{spec.ways}/{spec.distractors}/{spec.shots}/{spec.targets}"
     k_obj = _objective_samples(model)
     progress = _as_progress(progress)
-    out: dict[str, dict[str, list]] = {name: {"ll": [], "kla": [], "klz": []} for name, _, _ in views}
+    out: dict[str, dict[str, list]] = {name: {"ll": []} for name, _, _ in views}
     t0 = time.perf_counter()
     with _eval_mode(model):
         for start in range(0, episodes, per_pass):
@@ -302,9 +309,9 @@ def _paired_passes(model, sampler: EpisodeSampler, episodes: int, views: Sequenc
                     ll = _log_likelihood(model, memory, targets, samples, chunk, exact_address)  # [G', T']
                     out[name]["ll"].append(ll.double().reshape(G, -1).cpu())
                     if parts:
-                        obj = model.objective(memory, targets, k_obj)
-                        out[name]["kla"].append(obj.kl_address.double().reshape(G, -1).cpu())
-                        out[name]["klz"].append(obj.kl_latent.double().reshape(G, -1).cpu())
+                        obj = model.objective(Batch(memory, targets), k_obj)
+                        for term, value in obj.terms.items():  # the family's objective terms, by name
+                            out[name].setdefault(f"term:{term}", []).append(value.double().reshape(G, -1).cpu())
             progress.tick(what, min(start + per_pass, episodes), episodes, t0)
     return {name: {k: torch.cat(v) for k, v in acc.items() if v} for name, acc in out.items()}
 
@@ -319,10 +326,11 @@ def _row(model, part: dict[str, torch.Tensor], samples: int) -> dict[str, Any]:
     """The fields of :func:`nll_over_episodes` from one view's per-episode tensors."""
     nll, se = _mean_se(-part["ll"].mean(1))
     E, T = part["ll"].shape
+    terms = {k[len("term:"):]: float(v.mean()) for k, v in part.items() if k.startswith("term:")}
     return {
         "nll": nll, "stderr": se,
-        "kl_address": float(part["kla"].mean()) if getattr(model, "has_address", False) else None,
-        "kl_latent": float(part["klz"].mean()),
+        "kl_address": terms.pop("kl_address", None), "kl_latent": terms.pop("kl_latent", None),
+        **({"terms": terms} if terms else {}),
         "episodes": E, "targets": E * T, "samples": samples,
     }
 
@@ -462,10 +470,8 @@ def class_log_scores(model, memory: torch.Tensor, memory_labels: torch.Tensor, t
     G, M = memory_labels.shape
     C = int(memory_labels.max()) + 1
     onehot = torch.nn.functional.one_hot(memory_labels, C).bool()  # [G, M, C]
-    if method == "q_a":
-        log_q = model.address_log_posterior(memory, targets).double()  # [G, T, M]
-        masked = log_q.unsqueeze(-1).masked_fill(~onehot.unsqueeze(1), -math.inf)  # [G, T, M, C]
-        return torch.logsumexp(masked, dim=2)  # [G, T, C]
+    if method == "q_a":  # the family's own classifier: for address models log Σ_{a: label(a)=c} q(a|x)
+        return model.class_scores(Batch(memory, targets, memory_labels)).double()  # [G, T, C]
     if method == "likelihood":
         counts = onehot.sum(1)  # [G, C]
         if not bool((counts == counts[:, :1]).all()) or int(counts[0, 0]) * C != M:
@@ -478,14 +484,6 @@ def class_log_scores(model, memory: torch.Tensor, memory_labels: torch.Tensor, t
         ll = _log_likelihood(model, support, tgt, samples, chunk, exact_address)  # [G·C, T]
         return ll.double().view(G, C, T).transpose(1, 2)  # [G, T, C]
     raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-
-
-def argmax_random_ties(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """argmax over the last axis, ties broken uniformly at random (a uniform posterior must not pick class 0)."""
-    scores = scores.detach().to("cpu", torch.float64)
-    best = scores.max(-1, keepdim=True).values
-    keys = torch.rand(scores.shape, generator=generator, dtype=torch.float64)
-    return keys.masked_fill(~(scores >= best), -1.0).argmax(-1)
 
 
 def _classify(model, episode_batch, method: str, *, samples: int, chunk: int, exact_address: bool,
@@ -648,7 +646,7 @@ def address_picture(model, dataset: Dataset | str, split: str, *, targets: int =
     ep = EpisodeSampler(dataset, spec, seed).episode(0)
     device = _device(model)
     with _eval_mode(model):
-        log_q = model.address_log_posterior(ep.memory[None].to(device), ep.targets[None].to(device))[0].cpu()  # [T, M]
+        log_q = model.address_log_posterior(Batch(ep.memory[None].to(device), ep.targets[None].to(device)))[0].cpu()  # [T, M]
     rows, top = min(targets, log_q.shape[0]), min(top, log_q.shape[1])
     mem, tgt = _uint8(ep.memory), _uint8(ep.targets)
     h, w = mem.shape[1:]
@@ -828,7 +826,7 @@ def evaluate(run, *, samples: int = 1000, episodes: int = 100, seed: int | None 
              examples: Sequence[int] = DEFAULT_EXAMPLES, examples_per_class: int = 5,
              max_classes: int | None = None, tasks: Sequence[tuple[int, int]] = DEFAULT_TASKS, alphabet: str = "any",
              chunk: int | None = None, exact_address: bool = False) -> dict[str, Any]:
-    """The evaluation protocol of a :class:`distributed.train_loop.LoadedRun`, on its eval split.
+    """The evaluation protocol of a :class:`varmem.distributed.train_loop.LoadedRun`, on its eval split.
 
     ``samples``: K of the NLL tables' bound; ``episodes``: episodes per table; ``tables``: True
     (both), False, or some of :data:`TABLES`; ``classification``: False skips the tasks;

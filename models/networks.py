@@ -43,11 +43,15 @@ hundred steps (docs/RESULTS.md, "What made VMA use its memory").
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from varmem.models.registry import FamilyConfig
 
 CONV_LAYERS = 6
 
@@ -267,8 +271,56 @@ class MLPDecoder(Decoder):
 
 
 # ---------------------------------------------------------------------------------------------
-# Factories from a ModelConfig
+# The configs of families built from these networks, and the factories that read them
 # ---------------------------------------------------------------------------------------------
+
+ARCHITECTURES = ("conv", "mlp")
+MEMORIES = ("episode", "learned")
+SIMILARITIES = ("normalized_dot", "dot", "cosine")  # as in kernels.memory_addressing
+# The Triton memory kernels keep [BLOCK, d] tiles on chip up to d = 256 (kernels.memory_addressing
+# MAX_HEAD_DIM); wider matching / read spaces fall back to the reference on GPU.
+MAX_KERNEL_DIM = 256
+
+
+@dataclass(frozen=True)
+class NetworkConfig(FamilyConfig):
+    """The encoder/decoder fields shared by VMA and its baselines. Defaults follow the VMA paper's
+    Omniglot setup (Bornschein et al. 2017): conv nets with 32–64 maps, |z| = 64. For MNIST-like
+    data use ``architecture="mlp"``, ``z_dim=32``."""
+
+    architecture: str = "conv"  # conv (Omniglot 26×26 / 28×28) | mlp (MNIST-like)
+    z_dim: int = 64  # |z| (paper: 64 Omniglot, 32 MNIST)
+    channels: tuple[int, ...] = (32, 32, 48, 48, 64, 64)  # conv: maps of the 6 3×3 layers
+    hidden: int = 256  # conv: hidden width of the MLP heads (Gaussian parameters, embeddings)
+    mlp_hidden: tuple[int, ...] = (256, 128)  # mlp: encoder widths (the decoder mirrors them)
+
+    def validate(self) -> None:
+        self._require(self.architecture in ARCHITECTURES, "architecture", f"one of {', '.join(ARCHITECTURES)}")
+        for name in ("z_dim", "hidden"):
+            self._require(getattr(self, name) >= 1, name, "an int >= 1")
+        for name in ("channels", "mlp_hidden"):
+            v = getattr(self, name)
+            self._require(bool(v) and all(c >= 1 for c in v), name, "a non-empty list of ints >= 1")
+        self._require(len(self.channels) == CONV_LAYERS, "channels",
+                      f"the feature maps of all {CONV_LAYERS} conv layers (e.g. [32, 32, 48, 48, 64, 64])")
+
+
+@dataclass(frozen=True)
+class MemoryConfig(NetworkConfig):
+    """NetworkConfig plus a memory read through a matching space (VMA, soft attention)."""
+
+    memory: str = "episode"  # episode: the episode's exemplars | learned: nn.Parameter images
+    learned_memory_size: int = 256  # |M| when memory == "learned"
+    similarity: str = "normalized_dot"  # S(m_a, x) (VMA eqs. 4–6)
+    match_dim: int = 128  # matching space of h(m), h_q(x), e_p and the soft-attention keys
+
+    def validate(self) -> None:
+        super().validate()
+        self._require(self.memory in MEMORIES, "memory", f"one of {', '.join(MEMORIES)}")
+        self._require(self.similarity in SIMILARITIES, "similarity", f"one of {', '.join(SIMILARITIES)}")
+        self._require(self.learned_memory_size >= 1, "learned_memory_size", "an int >= 1")
+        self._require(1 <= self.match_dim <= MAX_KERNEL_DIM, "match_dim",
+                      f"an int in [1, {MAX_KERNEL_DIM}] (the Triton memory kernels' limit; wider runs only on the reference)")
 
 
 def build_pyramid(config, image_shape: tuple[int, int]) -> Pyramid:

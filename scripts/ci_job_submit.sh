@@ -3,14 +3,19 @@
 #
 #   1. build the tiny strokes dataset of configs/smoke_tiny.yaml (data/smoke_tiny, 60 classes, ~1 s)
 #   2. ray start --head (its own process session, so that only the processes it started are stopped)
-#   3. ray job submit ... -- python -m distributed.train --config configs/smoke_tiny.yaml --workers 2
-#   4. check: the job SUCCEEDED, its logs hold the last step, RUN_DIR holds config, checkpoints,
+#      on a Python WITHOUT varmem: a venv of its own whose .pth file puts .venv's site-packages
+#      (torch, Ray, ...) on its path but not .venv's editable install of varmem. The cluster is then
+#      one where varmem is not installed, as on a cluster set up with Ray and torch only.
+#   3. ray job submit --working-dir . -- python -c <check>: varmem and varmem.<folder> import from
+#      Ray's unpacked copy of the working directory (under the cluster's temp dir), not from $ROOT
+#   4. ray job submit --working-dir . -- python -m varmem.distributed.train --config configs/smoke_tiny.yaml --workers 2
+#   5. check: the job SUCCEEDED, its logs hold the last step, RUN_DIR holds config, checkpoints,
 #      TensorBoard events and final_metrics.json with world_size 2
-#   5. stop the cluster (always)
+#   6. stop the cluster (always)
 #
 # Not a pytest test: the test session already runs a local Ray cluster (tests/conftest.py), and a
 # second one started by `ray start` in the same session would be joined by the tests' ray.init().
-# About 60 s here (ray start ≈ 10 s, the job ≈ 30–40 s, the stop ≈ 10 s).
+# About 45–70 s here (ray start ≈ 6–10 s, the check job ≈ 5 s, the training job ≈ 20–40 s, the stop ≈ 5–10 s).
 # Ports: RAY_PORT (6379) and DASHBOARD_PORT (8265); the CLI reads the cluster's token (RAY_AUTH_MODE=token).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +35,15 @@ if [ ! -f "$DATA/manifest.json" ]; then
     varmem data build --source strokes --classes 60 --images-per-class 10 --seed 0 --out "$DATA" --quiet
 fi
 
+# The cluster's Python: no varmem (not even .venv's editable install, whose .pth is not read for a
+# directory that a .pth file adds), but everything else .venv holds.
+CLUSTER_PY=$WORK/cluster-venv
+"$BIN/python" -m venv --without-pip "$CLUSTER_PY"
+"$BIN/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+    >"$("$CLUSTER_PY/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/project-venv.pth"
+(cd "$WORK" && "$CLUSTER_PY/bin/python" -c 'import importlib.util, sys; import ray, torch; sys.exit(importlib.util.find_spec("varmem") is not None)') \
+    || { echo "ci_job_submit: the cluster's Python ($CLUSTER_PY) lacks ray/torch or finds varmem installed"; exit 1; }
+
 RAY_SID=
 stop_cluster() {
     [ -n "$RAY_SID" ] || return 0
@@ -48,7 +62,8 @@ stop_cluster() {
 }
 trap stop_cluster EXIT
 
-setsid ray start --head --block --num-cpus=2 --port="$RAY_PORT" --dashboard-host=127.0.0.1 \
+env -u PYTHONPATH PATH="$CLUSTER_PY/bin:$PATH" VIRTUAL_ENV="$CLUSTER_PY" \
+    setsid "$CLUSTER_PY/bin/python" -m ray.scripts.scripts start --head --block --num-cpus=2 --port="$RAY_PORT" --dashboard-host=127.0.0.1 \
     --dashboard-port="$DASHBOARD_PORT" --disable-usage-stats --temp-dir="$WORK/ray" >"$WORK/ray_start.log" 2>&1 &
 RAY_SID=$!
 disown "$RAY_SID"  # stopped by stop_cluster, without the shell reporting the kill
@@ -59,8 +74,32 @@ for _ in $(seq 120); do  # the dashboard answers when the cluster is up
 done
 echo "ci_job_submit: cluster up after $(( $(date +%s) - start )) s"
 
+# Where the job's Python finds varmem: Ray's copy of the working directory (its cwd, first on
+# sys.path for `python -c` and `python -m`), on the cluster's Python, which has no varmem installed.
+read -r -d '' WHERE <<'PY' || true
+import importlib.util, os, sys
+root, cluster_py, ray_tmp = sys.argv[1:4]
+cwd = os.path.realpath(os.getcwd())
+names = ["varmem"] + ["varmem." + p for p in ("episodes", "kernels", "models", "distributed", "benchmarks")]
+origins = {n: os.path.realpath(importlib.util.find_spec(n).origin) for n in names}
+for n, f in origins.items():
+    print(f"ci_job_where: {n} from {f}")
+print(f"ci_job_where: python {sys.executable} (prefix {sys.prefix}), cwd {cwd}")
+errors = [f"{n} is not from the working dir" for n, f in origins.items() if not f.startswith(cwd + os.sep)]
+if not cwd.startswith(os.path.realpath(ray_tmp) + os.sep) or cwd == os.path.realpath(root):
+    errors.append(f"the job does not run in Ray's copy of the working dir (under {ray_tmp})")
+if os.path.realpath(sys.prefix) != os.path.realpath(cluster_py):
+    errors.append(f"the job's python is not the cluster's ({cluster_py})")
+sys.exit("ci_job_where: " + "; ".join(errors) if errors else 0)
+PY
+ray job submit --address "$ADDRESS" --working-dir . -- python -c "$WHERE" "$ROOT" "$CLUSTER_PY" "$WORK/ray" \
+    2>&1 | tee "$WORK/where.log" | grep -v "INFO packaging.py"
+where=$(grep "ci_job_where: varmem.distributed from" "$WORK/where.log" || true)
+[[ "$where" == "ci_job_where: varmem.distributed from $(realpath "$WORK")/ray/"* ]] \
+    || { echo "ci_job_submit: varmem.distributed does not come from the uploaded working dir"; exit 1; }
+
 ray job submit --address "$ADDRESS" --working-dir . -- \
-    python -m distributed.train --config configs/smoke_tiny.yaml --workers 2 \
+    python -m varmem.distributed.train --config configs/smoke_tiny.yaml --workers 2 \
     --set data.dir="$DATA" --out "$RUN" --overwrite 2>&1 | tee "$WORK/submit.log" | grep -v "INFO packaging.py"
 # a blocking submit exits non-zero when the job fails (set -o pipefail carries it through tee)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed.cli import main
+from varmem.distributed.cli import main
 from tests.training.conftest import tiny_data  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

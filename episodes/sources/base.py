@@ -3,7 +3,7 @@
 A source lists its character classes (:class:`ClassRecord`) in a deterministic order and loads
 one class's images on request, as ``uint8 [n, H0, W0]`` arrays at the source's own resolution
 with ink = high values (255 = full ink, 0 = background). Preprocessing to the dataset's size
-(``episodes.preprocess``) and the split policy (``episodes.splits``) are the builder's job, so
+(``varmem.episodes.preprocess``) and the split policy (``varmem.episodes.splits``) are the builder's job, so
 every source gets the same ones. Sources are picklable: the builder loads classes in a pool of
 processes.
 """

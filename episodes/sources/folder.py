@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from episodes.errors import DataError
-from episodes.sources.base import ClassRecord
-from episodes.sources.images import (
+from varmem.episodes.errors import DataError
+from varmem.episodes.sources.base import ClassRecord
+from varmem.episodes.sources.images import (
     IMAGE_SUFFIXES,
     TreeReader,
     border_pixels,
@@ -37,7 +37,7 @@ from episodes.sources.images import (
     resize_grey,
     stack,
 )
-from episodes.sources.omniglot import RELEASE_SPLITS
+from varmem.episodes.sources.omniglot import RELEASE_SPLITS
 
 LAYOUTS = "ROOT/<class>/<image> or ROOT/<group>/<class>/<image>"
 INK_SAMPLE_CLASSES = 256  # classes whose first image votes on the ink polarity

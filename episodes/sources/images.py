@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from episodes.errors import DataError
+from varmem.episodes.errors import DataError
 
 # Suffixes (lower case) that the folder source reads as images; Omniglot reads ".png" only.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from episodes.errors import DataError
-from episodes.sources.base import LakeRun
-from episodes.sources.images import TreeReader, decode_grey, ink_high, list_tree
+from varmem.episodes.errors import DataError
+from varmem.episodes.sources.base import LakeRun
+from varmem.episodes.sources.images import TreeReader, decode_grey, ink_high, list_tree
 
 LAYOUT = "runNN/training/classKK.png, runNN/test/itemMM.png, runNN/class_labels.txt"
 LABELS = "class_labels.txt"

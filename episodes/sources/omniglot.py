@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from episodes.errors import DataError
-from episodes.sources.base import ClassRecord
-from episodes.sources.images import TreeReader, decode_grey, ink_high, list_tree, stack
+from varmem.episodes.errors import DataError
+from varmem.episodes.sources.base import ClassRecord
+from varmem.episodes.sources.images import TreeReader, decode_grey, ink_high, list_tree, stack
 
 # classes() lists background before evaluation; "all" is for a release folder forced to one split.
 RELEASE_SPLITS = ("background", "evaluation", "all")

@@ -26,7 +26,7 @@ dataset can be made on its own, in any process:
 before preprocessing: 3,000-4,500 images/s of CPU time on one core of the 2-core dev machine (about half
 of it building the character program, half rasterizing 20 tokens at once).
 ``preview_grid`` draws classes x tokens for people to look at; ``write_preview`` makes
-``docs/images/strokes.png`` (``python -m episodes.sources.strokes docs/images/strokes.png``).
+``docs/images/strokes.png`` (``python -m varmem.episodes.sources.strokes docs/images/strokes.png``).
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from episodes.errors import DataError
-from episodes.sources.base import ClassRecord
+from varmem.episodes.errors import DataError
+from varmem.episodes.sources.base import ClassRecord
 
 # Bumped whenever a change alters the images that the same options make; worth recording in a
 # manifest beside options(), which alone cannot tell two generator versions apart.
@@ -646,7 +646,7 @@ def write_preview(path: str, tokens: int = 10) -> None:
     Image.fromarray(preview_grid(source, [by_key[k] for k in PREVIEW_KEYS], tokens)).save(path, optimize=True)
 
 
-if __name__ == "__main__":  # python -m episodes.sources.strokes docs/images/strokes.png
+if __name__ == "__main__":  # python -m varmem.episodes.sources.strokes docs/images/strokes.png
     import sys
 
     write_preview(sys.argv[1] if len(sys.argv) > 1 else "strokes.png")

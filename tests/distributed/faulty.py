@@ -6,7 +6,8 @@ per rank): a worker dying mid-run, as after an out-of-memory kill. A marker file
 once; the restarted worker group continues from Ray's latest checkpoint. Numerically the model
 is the stand-in: runs with and without the fault follow the same trajectory.
 
-Config: ``model: {factory: tests.distributed.faulty:build, latent: 4, kill_at_call: 3, kill_rank: 1, marker: PATH}``.
+Registered as the ``faulty`` family (plugin ``tests.distributed.faulty``).
+Config: ``model: {name: faulty, latent: 4, kill_at_call: 3, kill_rank: 1, marker: PATH}``.
 """
 from __future__ import annotations
 
@@ -16,26 +17,34 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from tests.training.standin import LinearMemoryVAE
+from dataclasses import dataclass
 
-FACTORY = "tests.distributed.faulty:build"
+from varmem.models.registry import register
+
+from tests.training.standin import LinearMemoryVAE, StandinConfig
+
+PLUGIN = "tests.distributed.faulty"
 
 
+@dataclass(frozen=True)
+class FaultyConfig(StandinConfig):
+    kill_at_call: int = 3
+    kill_rank: int = 1
+    marker: str = ""
+
+
+@register("faulty", FaultyConfig)
 class FaultyVAE(LinearMemoryVAE):
-    def __init__(self, image_shape, *, kill_at_call: int, kill_rank: int, marker: str, **kwargs):
-        super().__init__(image_shape, **kwargs)
-        self.kill_at_call, self.kill_rank, self.marker = kill_at_call, kill_rank, Path(marker)
+    def __init__(self, config: FaultyConfig, image_shape):
+        super().__init__(config, image_shape)
+        self.kill_at_call, self.kill_rank, self.marker = config.kill_at_call, config.kill_rank, Path(config.marker)
         self.calls = 0
 
-    def objective(self, memory, targets, num_samples):
+    def objective(self, batch, num_samples, *, generator=None):
         if self.training:
             self.calls += 1
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
             if rank == self.kill_rank and self.calls == self.kill_at_call and not self.marker.exists():
                 self.marker.write_text(f"rank {rank} killed itself in training call {self.calls}, pid {os.getpid()}\n")
                 os.kill(os.getpid(), signal.SIGKILL)
-        return super().objective(memory, targets, num_samples)
-
-
-def build(model: dict, image_shape: tuple[int, int]) -> FaultyVAE:
-    return FaultyVAE(image_shape, **model)
+        return super().objective(batch, num_samples)

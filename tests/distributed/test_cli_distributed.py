@@ -1,4 +1,4 @@
-"""`varmem train --workers N` and `python -m distributed.train`: bad input is one line, status 2,
+"""`varmem train --workers N` and `python -m varmem.distributed.train`: bad input is one line, status 2,
 before any worker starts and before anything is written; how a worker picks its checkpoint."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import distributed.ray_train as ray_train
-from distributed import train as train_module
-from distributed.cli import main
-from distributed.train_loop import TrainContext, train
-from distributed.worker import resume_source
+import varmem.distributed.ray_train as ray_train
+from varmem.distributed import train as train_module
+from varmem.distributed.cli import main
+from varmem.distributed.train_loop import TrainContext, train
+from varmem.distributed.worker import resume_source
 from tests.training.helpers import tiny_raw, write_config
 
 
@@ -99,7 +99,7 @@ def test_more_than_the_cluster_has_fails_before_any_worker(cfg_file, tmp_path, c
 
 def test_a_worker_starts_from_the_newer_of_rays_checkpoint_and_the_run_directorys(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    from distributed.config import RunConfig
+    from varmem.distributed.config import RunConfig
 
     train(RunConfig.from_dict(tiny_raw(tiny_data, run_dir, train={"steps": 4, "checkpoint_every": 2, "keep_checkpoints": 3})),
           context=TrainContext(quiet=True))
@@ -122,8 +122,8 @@ def test_an_unreachable_address_fails_at_once():
 
 
 def test_workers_0_trains_in_process_without_importing_ray(cfg_file, tmp_path):
-    code = ("import sys; from distributed.cli import main; "
-            f"rc = main(['train', '--config', {str(cfg_file)!r}, '--quiet']); "
+    code = ("import sys; from varmem.distributed.cli import main; "
+            f"rc = main(['train', '--config', {str(cfg_file)!r}, '--quiet', '--plugin', 'tests.training.standin']); "
             "assert rc == 0; assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'")
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from distributed.config import RunConfig
-from distributed.train_loop import METRICS_FILE, TrainContext, list_checkpoints, load_checkpoint, train, training_objective
-from episodes.sampler import EpisodeSampler
+from varmem.distributed.config import RunConfig
+from varmem.distributed.train_loop import METRICS_FILE, TrainContext, list_checkpoints, load_checkpoint, train, training_objective
+from varmem.episodes.sampler import EpisodeSampler
 from tests.training.helpers import tiny_raw
 from tests.training.standin import LinearMemoryVAE
 

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed.config import RunConfig
-from distributed.ray_train import RAY_DIR, Launch, train_distributed
-from distributed.train_loop import FINAL_FILE, METRICS_FILE, TrainContext, list_checkpoints, load_checkpoint, train
+from varmem.models.registry import load_plugins
+
+from varmem.distributed.config import RunConfig
+from varmem.distributed.ray_train import RAY_DIR, Launch, train_distributed
+from varmem.distributed.train_loop import FINAL_FILE, METRICS_FILE, TrainContext, list_checkpoints, load_checkpoint, train
 from tests.distributed import faulty
 from tests.training.helpers import tiny_raw
 
@@ -93,7 +95,8 @@ def test_ray_run_directory(reference):
 def test_a_killed_worker_resumes_from_the_last_checkpoint_and_resume_continues_exactly(reference, tiny_data, tmp_path):
     run = tmp_path / "faulty"
     marker = tmp_path / "killed"
-    model = {"factory": faulty.FACTORY, "kill_at_call": 3, "kill_rank": 1, "marker": str(marker)}
+    load_plugins([faulty.PLUGIN])  # registered here and in every Ray worker
+    model = {"name": "faulty", "kill_at_call": 3, "kill_rank": 1, "marker": str(marker)}
     # 4 steps, a checkpoint every 2: rank 1 dies in step 3, one step after the step-2 checkpoint
     cfg = config(tiny_data, run, model, steps=4, checkpoint_every=2)
     final = train_distributed(cfg, Launch(workers=2, max_failures=1), quiet=True)

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import distributed.tune as tune_module
-from distributed.cli import main
-from distributed.config import RunConfig
-from distributed.train_loop import FINAL_FILE, METRICS_FILE
-from distributed.tune import (BEST_CONFIG, METRIC, RESULTS_CSV, RESULTS_JSON, TIME_ATTR, TUNE_DIR, SpaceError,
+from varmem.models.registry import load_plugins
+
+import varmem.distributed.tune as tune_module
+from varmem.distributed.cli import main
+from varmem.distributed.config import RunConfig
+from varmem.distributed.train_loop import FINAL_FILE, METRICS_FILE
+from varmem.distributed.tune import (BEST_CONFIG, METRIC, RESULTS_CSV, RESULTS_JSON, TIME_ATTR, TUNE_DIR, SpaceError,
                               TrialReporter, check_space, load_space, parse_space, tune_metrics)
 from tests.distributed import interrupt
 from tests.training.helpers import tiny_raw, write_config
@@ -97,7 +99,7 @@ def no_cluster(monkeypatch):
 @pytest.mark.parametrize("space, extra, message", [
     ("optim.learning_rate: {grid: [1.0e-4, 3.0e-4]}", [], "space.yaml: optim.learning_rate: 0.0001 does not fit the config: unknown key 'learning_rate'"),
     ("episode.train.shots: {choice: [2, 9]}", [], "episode.train.shots: 9: episode spec needs 11 images per class"),
-    ("model.latnt: {choice: [2, 4]}", [], "model.latnt: 2: the model section does not build"),
+    ("model.latnt: {choice: [2, 4]}", [], "model.latnt: 2 does not fit the config: unknown key 'latnt' in model"),
     ("optim.lr: {grid: [1.0e-3]}", ["--samples", "0"], "--samples must be ≥ 1"),
     ("optim.lr: {grid: [1.0e-3]}", ["--resume"], "--resume continues the search"),
 ])
@@ -196,7 +198,8 @@ def test_resume_an_interrupted_search(tiny_data, tmp_path, capsys, ray_session):
     """Trial 1 of 2 (one at a time) interrupts the search in its 6th step, after its step-4 checkpoint;
     --resume finishes it from that checkpoint and runs trial 2."""
     marker = tmp_path / "interrupted"
-    config = tiny_config(tiny_data, tmp_path, factory=interrupt.FACTORY, interrupt_at_call=6, pid=os.getpid(),
+    load_plugins([interrupt.PLUGIN])  # registered here and in every trial
+    config = tiny_config(tiny_data, tmp_path, name="interrupting", interrupt_at_call=6, pid=os.getpid(),
                          marker=str(marker))
     out = tmp_path / "search"
     rc, stdout, err = run(["tune", "--config", config, "--space", SMOKE_SPACE, "--max-concurrent", 1,

@@ -7,11 +7,11 @@ import numpy as np
 import pyarrow.ipc as ipc
 import pytest
 
-from episodes.build import build_dataset
-from episodes.dataset import Dataset
-from episodes.errors import DataError
-from episodes.preprocess import Preprocessing
-from episodes.splits import SplitPolicy
+from varmem.episodes.build import build_dataset
+from varmem.episodes.dataset import Dataset
+from varmem.episodes.errors import DataError
+from varmem.episodes.preprocess import Preprocessing
+from varmem.episodes.splits import SplitPolicy
 from tests.episodes.tiny import TinySource
 
 PRE26 = Preprocessing.default(26)
@@ -174,7 +174,7 @@ def test_empty_class_is_an_error(tmp_path):
 
 @pytest.mark.ray
 def test_ray_data_reads_the_shards(tmp_path, ray_session):
-    from episodes.dataset import to_ray_dataset
+    from varmem.episodes.dataset import to_ray_dataset
 
     build(tmp_path)
     rds = to_ray_dataset(tmp_path / "ds", split="evaluation")

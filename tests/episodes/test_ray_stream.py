@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from episodes.build import build_dataset
-from episodes.preprocess import Preprocessing
-from episodes.spec import EpisodeSpec
-from episodes.stream import EpisodeStream
+from varmem.episodes.build import build_dataset
+from varmem.episodes.preprocess import Preprocessing
+from varmem.episodes.spec import EpisodeSpec
+from varmem.episodes.stream import EpisodeStream
 from tests.episodes.tiny import TinySource
 
 pytestmark = pytest.mark.ray
@@ -22,8 +22,8 @@ def _worker_loop(config):
 
     import ray.train
 
-    from episodes.spec import EpisodeSpec as Spec
-    from episodes.stream import EpisodeStream as Stream
+    from varmem.episodes.spec import EpisodeSpec as Spec
+    from varmem.episodes.stream import EpisodeStream as Stream
 
     spec = Spec.from_dict(config["spec"])
     with Stream.for_train_worker(config["dataset"], spec, seed=config["seed"], batch=2) as stream:

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from episodes.build import build_dataset
-from episodes.dataset import Dataset
-from episodes.errors import DataError
-from episodes.preprocess import Preprocessing
-from episodes.sampler import EpisodeSampler
-from episodes.spec import EpisodeSpec
-from episodes.stream import EpisodeStream
+from varmem.episodes.build import build_dataset
+from varmem.episodes.dataset import Dataset
+from varmem.episodes.errors import DataError
+from varmem.episodes.preprocess import Preprocessing
+from varmem.episodes.sampler import EpisodeSampler
+from varmem.episodes.spec import EpisodeSpec
+from varmem.episodes.stream import EpisodeStream
 from tests.episodes.tiny import TinySource
 
 

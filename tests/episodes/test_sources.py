@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from episodes.errors import DataError
-from episodes.sources.folder import FolderSource
-from episodes.sources.lake_runs import LakeRunsSource
-from episodes.sources.omniglot import OmniglotSource
+from varmem.episodes.errors import DataError
+from varmem.episodes.sources.folder import FolderSource
+from varmem.episodes.sources.lake_runs import LakeRunsSource
+from varmem.episodes.sources.omniglot import OmniglotSource
 from tests.episodes.fixtures import (
     ink_mask,
     make_folder_tree,

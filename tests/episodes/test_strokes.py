@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from episodes.errors import DataError
-from episodes.sources.base import ClassRecord
-from episodes.sources.strokes import SIZE, StrokesSource, preview_grid
+from varmem.episodes.errors import DataError
+from varmem.episodes.sources.base import ClassRecord
+from varmem.episodes.sources.strokes import SIZE, StrokesSource, preview_grid
 
 
 def _ink_box_features(images: np.ndarray, side: int = 32) -> np.ndarray:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from episodes.errors import DataError
-from episodes.sources.base import ClassRecord
+from varmem.episodes.errors import DataError
+from varmem.episodes.sources.base import ClassRecord
 
 
 class TinySource:

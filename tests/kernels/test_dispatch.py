@@ -6,13 +6,13 @@ import importlib
 import pytest
 import torch
 
-import kernels.dispatch as dispatch
-from kernels import BackendUnavailable, gaussian_read, use_backend, vimco
-from kernels.dispatch import choose, requested_backend
+import varmem.kernels.dispatch as dispatch
+from varmem.kernels import BackendUnavailable, gaussian_read, use_backend, vimco
+from varmem.kernels.dispatch import choose, requested_backend
 
-# ``kernels.vimco`` is the function (the package re-exports it), so fetch the modules by name.
-vimco_module = importlib.import_module("kernels.vimco")
-gaussian_attention = importlib.import_module("kernels.gaussian_attention")
+# ``varmem.kernels.vimco`` is the function (the package re-exports it), so fetch the modules by name.
+vimco_module = importlib.import_module("varmem.kernels.vimco")
+gaussian_attention = importlib.import_module("varmem.kernels.gaussian_attention")
 
 ALWAYS = {"triton": lambda: None, "reference": lambda: None}
 

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from kernels import gaussian_filterbanks, gaussian_read, gaussian_read_reference, gaussian_write, gaussian_write_reference
-from kernels.dispatch import BackendUnavailable, use_backend
+from varmem.kernels import gaussian_filterbanks, gaussian_read, gaussian_read_reference, gaussian_write, gaussian_write_reference
+from varmem.kernels.dispatch import BackendUnavailable, use_backend
 from tests.assertions import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

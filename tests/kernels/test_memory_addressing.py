@@ -1,4 +1,4 @@
-"""kernels.memory_addressing: the Triton backend against the float64 reference.
+"""varmem.kernels.memory_addressing: the Triton backend against the float64 reference.
 
 Every output (lse, kl, log q and log p at the sampled addresses) and every gradient (query,
 keys, prior_query) under random upstream gradients; odd sizes, M = 1, G > 1, forced splits over
@@ -12,9 +12,9 @@ import zlib
 import pytest
 import torch
 
-import kernels.dispatch as dispatch
-from kernels import BackendUnavailable, memory_addressing, memory_addressing_reference, use_backend
-from kernels.memory_addressing import NORM_EPS, launch_config, memory_log_softmax, prior_log_probs, similarity_logits
+import varmem.kernels.dispatch as dispatch
+from varmem.kernels import BackendUnavailable, memory_addressing, memory_addressing_reference, use_backend
+from varmem.kernels.memory_addressing import NORM_EPS, launch_config, memory_log_softmax, prior_log_probs, similarity_logits
 from tests.assertions import TOLERANCES, assert_close
 
 DTYPES = [torch.float32, torch.float64]

@@ -1,4 +1,4 @@
-"""kernels.memory_read: the Triton soft read against the float64 reference, output and gradients."""
+"""varmem.kernels.memory_read: the Triton soft read against the float64 reference, output and gradients."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import zlib
 import pytest
 import torch
 
-import kernels.dispatch as dispatch
-from kernels import BackendUnavailable, memory_read, memory_read_reference, use_backend
-from kernels.memory_addressing import launch_config
+import varmem.kernels.dispatch as dispatch
+from varmem.kernels import BackendUnavailable, memory_read, memory_read_reference, use_backend
+from varmem.kernels.memory_addressing import launch_config
 from tests.assertions import TOLERANCES, assert_close
 
 DTYPES = [torch.float32, torch.float64]

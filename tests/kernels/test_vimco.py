@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from kernels import vimco, vimco_reference, vimco_surrogate
-from kernels.dispatch import use_backend
+from varmem.kernels import vimco, vimco_reference, vimco_surrogate
+from varmem.kernels.dispatch import use_backend
 from tests.assertions import TOLERANCES, assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

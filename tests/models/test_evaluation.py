@@ -1,4 +1,4 @@
-"""models.evaluation: NLL tables, classification with confidence intervals, Lake runs, pictures, `varmem eval`.
+"""varmem.models.evaluation: NLL tables, classification with confidence intervals, Lake runs, pictures, `varmem eval`.
 
 A tiny TinySource dataset (evaluation split: 6 classes × 12 images at 26×26, so n = 19 examples
 and 20-way tasks do not fit and must be skipped, saying so), tiny MLP models, and hand-made
@@ -16,14 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from distributed.cli import main
-from episodes.build import build_dataset
-from episodes.dataset import Dataset
-from episodes.errors import DataError
-from episodes.preprocess import Preprocessing
-from episodes.spec import EpisodeSpec
-from models import evaluation as ev
-from models.base import FewShotGenerativeModel, Objective
+from varmem.distributed.cli import main
+from varmem.episodes.build import build_dataset
+from varmem.episodes.dataset import Dataset
+from varmem.episodes.errors import DataError
+from varmem.episodes.preprocess import Preprocessing
+from varmem.episodes.spec import EpisodeSpec
+from varmem.models import evaluation as ev
+from varmem.models.base import Batch, Capability, FewShotModel, Objective
 from tests.episodes.fixtures import make_lake_runs
 from tests.episodes.tiny import TinySource
 from tests.models.tiny import tiny_model
@@ -66,7 +66,7 @@ def lake_dir(tmp_path_factory) -> Path:
     return out
 
 
-class Stub(FewShotGenerativeModel):
+class Stub(FewShotModel):
     """Hand-made scores from a feature f: pixel (0, 0) — TinySource's class id — or the whole image.
 
     ``right``: q(a|x) ∝ exp(−β ||f(x) − f(m_a)||²) and log p(x|M) = −β min_a ||f(x) − f(m_a)||²,
@@ -74,8 +74,9 @@ class Stub(FewShotGenerativeModel):
     constant likelihood. ``calls`` records (G, T, chunk, num_samples) of every log_likelihood call.
     """
 
-    has_address = True
+    capabilities = frozenset({Capability.LIKELIHOOD, Capability.ADDRESS, Capability.CLASSIFICATION})
     uses_memory = True
+    family = "stub"
 
     def __init__(self, mode: str = "right", feature: str = "pixel"):
         super().__init__()
@@ -85,20 +86,21 @@ class Stub(FewShotGenerativeModel):
         f = (lambda x: x[:, :, 0, :1, :1].flatten(2)) if self.feature == "pixel" else (lambda x: x.flatten(2))
         return torch.cdist(f(targets).double(), f(memory).double()).pow(2)  # [G, T, M]
 
-    def address_log_posterior(self, memory, targets):
-        d = self._d2(memory, targets)
+    def _address_log_posterior(self, batch):
+        d = self._d2(batch.memory, batch.targets)
         if self.mode == "uniform":
             return torch.full_like(d, -math.log(d.shape[-1]))
         return torch.log_softmax(-1e6 * d, -1)
 
-    def log_likelihood(self, memory, targets, num_samples, chunk=100):
+    def _log_likelihood(self, batch, num_samples, chunk=100, *, generator=None):
+        memory, targets = batch.memory, batch.targets
         self.calls.append((targets.shape[0], targets.shape[1], chunk, num_samples))
         d = self._d2(memory, targets)
         return torch.zeros(d.shape[:2], dtype=d.dtype) if self.mode == "uniform" else -1e6 * d.min(-1).values
 
-    def objective(self, memory, targets, num_samples):
-        z = torch.zeros(targets.shape[:2])
-        return Objective(loss=z.sum(), bound=z, reconstruction=z, kl_address=z, kl_latent=z)
+    def objective(self, batch, num_samples, *, generator=None):
+        z = torch.zeros(batch.targets.shape[:2])
+        return Objective(loss=z.sum(), bound=z, terms={"reconstruction": z, "kl_address": z, "kl_latent": z})
 
 
 # --------------------------------------------------------------------------------- confidence intervals
@@ -158,8 +160,8 @@ def test_distractor_classes_count_as_candidates(dataset):
     prefers the last memory class is wrong on every target."""
 
     class Last(Stub):
-        def address_log_posterior(self, memory, targets):
-            G, T, M = targets.shape[0], targets.shape[1], memory.shape[1]
+        def _address_log_posterior(self, batch):
+            G, T, M = batch.targets.shape[0], batch.targets.shape[1], batch.memory.shape[1]
             out = torch.full((G, T, M), -30.0)
             out[..., -1] = 0.0
             return torch.log_softmax(out, -1)

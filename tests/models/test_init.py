@@ -4,14 +4,16 @@ With PyTorch's default layer initialization the 6-layer conv pyramid and the emb
 washed the image out of h(m) (mean pairwise cosine of the keys 0.999996 on strokes26), S varied
 by ~10⁻⁴ nats over the memory and the gradients reaching h and h_q were ~10⁻⁶ of the decoder's:
 the address collapsed to the prior for hundreds of steps (docs/RESULTS.md). These tests pin the
-He initialization of ``models.networks`` that fixed it, on the configs/vma_strokes.yaml sizes.
+He initialization of ``varmem.models.networks`` that fixed it, on the configs/vma_strokes.yaml sizes.
 """
 from __future__ import annotations
 
 import torch
 
-from models import ModelConfig, build_model
-from models.networks import ConvPyramid
+from varmem.models.base import Batch
+
+from varmem.models import VMAConfig, build_model
+from varmem.models.networks import ConvPyramid
 
 SIZE = 26
 STROKES = dict(channels=(16, 16, 32, 32, 32, 32), hidden=128, z_dim=32, match_dim=64)
@@ -52,18 +54,18 @@ def test_pyramid_top_features_depend_on_the_image():
 
 def test_vma_address_is_live_at_initialization():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="vma", architecture="conv", **STROKES), (SIZE, SIZE))
+    model = build_model(VMAConfig(architecture="conv", **STROKES), (SIZE, SIZE))
     G, M = 2, 16
     memory = stroke_images(G * M).view(G, M, 1, SIZE, SIZE)
     targets = memory.clone()  # recall: each target is a memory entry
     with torch.no_grad():
         keys = model.encode_memory(memory).keys  # [G, M, d]
-        log_q = model.address_log_posterior(memory, targets)  # [G, M, M]
+        log_q = model.address_log_posterior(Batch(memory, targets))  # [G, M, M]
     assert max(mean_pairwise_cosine(k) for k in keys) < 0.95, "h(m) is (almost) the same for every entry"
     spread = (log_q.max(-1).values - log_q.min(-1).values).mean()
     assert spread > 0.05, f"S varies by only {float(spread):.2e} nats over the memory: q(a|x) is uniform"
 
-    obj = model.objective(memory, targets, 4, generator=torch.Generator().manual_seed(0))
+    obj = model.objective(Batch(memory, targets), 4, generator=torch.Generator().manual_seed(0))
     model.zero_grad()
     obj.loss.backward()
 

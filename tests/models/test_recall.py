@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from varmem.models.base import Batch
+
 from tests.models.tiny import tiny_model
 
 M, G, SIZE, STEPS = 4, 4, 8, 100
@@ -26,12 +28,12 @@ def test_vma_learns_to_address_on_recall():
     memory = (torch.rand(G, M, 1, SIZE, SIZE, generator=g) < 0.5).float()
     nll, kl = [], []
     for _ in range(STEPS):
-        obj = model.objective(memory, memory, 4)
+        obj = model.objective(Batch(memory, memory), 4)
         opt.zero_grad()
         obj.loss.backward()
         opt.step()
         nll.append(-float(obj.bound.mean()))
-        kl.append(float(obj.kl_address.mean()))
+        kl.append(float(obj.terms["kl_address"].mean()))
     nll0, nll1 = sum(nll[:10]) / 10, sum(nll[-10:]) / 10
     kl1 = sum(kl[-10:]) / 10
     log_m = math.log(M)

@@ -2,10 +2,10 @@
 
 A tiny VMA-like model with M = 3 memory entries and a deterministic weight w(a) (z integrated
 out): q(a|x) = softmax_a <W_h m_a, W_q x>/||W_h m_a|| and p(a) = softmax_a S(e_p, W_h m_a) from
-``kernels.memory_addressing``, log p(x|a) = −½||x − D m_a||², log w(a) = log p(x|a) + log p(a)
+``varmem.kernels.memory_addressing``, log p(x|a) = −½||x − D m_a||², log w(a) = log p(x|a) + log p(a)
 − log q(a|x). The exact gradient of E_{a_1..K ~ q}[log (1/K) Σ_k w(a_k)] comes from enumerating
 all M^K address tuples (Σ_tuples Π_k q(a_k) · L̂(tuple), differentiated by autograd). The
-estimator is the autograd of ``kernels.vimco_surrogate(log_w, log_q)`` on sampled addresses;
+estimator is the autograd of ``varmem.kernels.vimco_surrogate(log_w, log_q)`` on sampled addresses;
 each of N draws has its own copy of the parameters, so one backward gives N per-draw gradients,
 whose mean must match the exact gradient within statistical error (per-coordinate z-scores).
 
@@ -23,7 +23,7 @@ import math
 import pytest
 import torch
 
-from kernels import memory_addressing, vimco, vimco_surrogate
+from varmem.kernels import memory_addressing, vimco, vimco_surrogate
 from tests.assertions import assert_close
 
 M, DX, D = 3, 4, 3  # memory entries, data dim, matching dim
@@ -74,8 +74,8 @@ def exact_gradient(params, data, K: int) -> dict[str, torch.Tensor]:
 def estimated_gradients(params, data, K: int, variant: str, perturb=None, seed: int = 1):
     """Per-draw VIMCO gradients [N, ...] (one backward; each draw has its own parameter copy).
 
-    ``perturb=None`` uses ``kernels.vimco_surrogate``; otherwise the surrogate is rebuilt from
-    ``kernels.vimco`` as bound + Σ_k stop_grad(signal_k') log q(a_k), with
+    ``perturb=None`` uses ``varmem.kernels.vimco_surrogate``; otherwise the surrogate is rebuilt from
+    ``varmem.kernels.vimco`` as bound + Σ_k stop_grad(signal_k') log q(a_k), with
     signal' = perturb(bound, loo_bound, log_w).
     """
     p = {k: v.unsqueeze(0).repeat(NUM_DRAWS, *([1] * v.dim())).requires_grad_() for k, v in params.items()}

@@ -1,15 +1,20 @@
 """Tiny model configurations and episodes for the model tests (seconds on a 2-core CPU)."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
-from models import ModelConfig, build_model
+from varmem.models import FamilyConfig, build_model, family
 
 TINY = dict(channels=(4, 4, 8, 8, 8, 8), hidden=16, mlp_hidden=(16, 8), z_dim=4, match_dim=8, read_dim=8, learned_memory_size=5)
 
 
-def tiny_config(name: str = "vma", architecture: str = "mlp", **overrides) -> ModelConfig:
-    return ModelConfig(**{**TINY, "name": name, "architecture": architecture, **overrides})
+def tiny_config(name: str = "vma", architecture: str = "mlp", **overrides) -> FamilyConfig:
+    """The family's config with the TINY sizes it has (the VAE has no match_dim, ...) and ``overrides``."""
+    cls = family(name).config
+    known = {f.name for f in fields(cls)}
+    return cls(**{**{k: v for k, v in TINY.items() if k in known}, "architecture": architecture, **overrides})
 
 
 def tiny_model(name: str = "vma", architecture: str = "mlp", size: int = 26, seed: int = 0, **overrides):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from episodes.build import build_dataset
-from episodes.preprocess import Preprocessing
+from varmem.episodes.build import build_dataset
+from varmem.episodes.preprocess import Preprocessing
 from tests.episodes.tiny import TinySource
 
 

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from tests.training.standin import FACTORY
+from varmem.models.registry import load_plugins
+
+from tests.training.standin import PLUGIN
+
+load_plugins([PLUGIN])  # registers the standin family (and hands it to Ray workers)
 
 
 def tiny_raw(data_dir: Path, run_dir: Path, **sections) -> dict:
@@ -15,7 +19,7 @@ def tiny_raw(data_dir: Path, run_dir: Path, **sections) -> dict:
     raw = {
         "data": {"dir": str(data_dir), "image_size": 26},
         "episode": {"train": {"ways": 3, "shots": 2, "targets": 2}, "eval": {"ways": 3, "shots": 2, "targets": 2}},
-        "model": {"factory": FACTORY, "latent": 4},
+        "model": {"name": "standin", "latent": 4},
         "optim": {"lr": 3e-3, "grad_clip": 50.0},
         "train": {"steps": 8, "episodes_per_step": 2, "seed": 0, "num_samples": 3, "log_every": 1, "val_every": 4,
                   "val_episodes": 3, "val_samples": 6, "eval_batch": 2, "chunk": 4, "checkpoint_every": 4,

@@ -7,17 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distributed.config import (
+from varmem.distributed.config import (
     CONFIG_FILE,
     ConfigError,
     DataConfig,
     OptimConfig,
     RunConfig,
     TrainConfig,
-    model_config_class,
 )
+from varmem.models.registry import build_model, family
 from tests.training.helpers import tiny_raw, write_config
-from tests.training.standin import FACTORY
 
 CONFIGS = [p for p in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")) if not p.name.startswith("space_")]  # space_*: Tune search spaces
 
@@ -125,7 +124,7 @@ def test_sections_validate_on_construction():
 
 
 def test_saved_config_round_trips_with_every_default(tmp_path):
-    raw = {"data": {"dir": "somewhere"}, "model": {"factory": FACTORY, "latent": 3}, "train": {"steps": 5}}
+    raw = {"data": {"dir": "somewhere"}, "model": {"name": "standin", "latent": 3}, "train": {"steps": 5}}
     c = load_raw(raw, tmp_path, ["optim.betas=[0.8, 0.99]"])
     path = c.save(tmp_path / "run")
     assert path == tmp_path / "run" / CONFIG_FILE and not list((tmp_path / "run").glob("*.tmp"))
@@ -139,39 +138,56 @@ def test_saved_config_round_trips_with_every_default(tmp_path):
     assert RunConfig.from_dict(c.to_dict()) == c
 
 
-def test_num_samples_is_one_setting_in_two_places(tmp_path):
-    cls = model_config_class()
-    if cls is None or "num_samples" not in {f.name for f in dataclasses.fields(cls)}:
-        pytest.skip("models.config.ModelConfig has no num_samples")
+def test_num_samples_is_stored_once_in_train(tmp_path):
+    """K is train.num_samples; model.num_samples is read as its old name and never stored."""
     c = RunConfig.load(None, ["train.num_samples=6"])
-    assert c.train.num_samples == 6 and c.model["num_samples"] == 6
+    assert c.train.num_samples == 6 and "num_samples" not in c.to_dict()["model"]
     c = c.with_overrides(["model.num_samples=3"])
-    assert c.train.num_samples == 3 and c.model["num_samples"] == 3
+    assert c.train.num_samples == 3 and "num_samples" not in c.to_dict()["model"]
     assert RunConfig.from_dict({"model": {"num_samples": 5}}).train.num_samples == 5
-    assert RunConfig(train=TrainConfig(num_samples=7)).model["num_samples"] == 7
     with pytest.raises(ConfigError, match="model.num_samples=5 and train.num_samples=4 disagree"):
         RunConfig.from_dict({"model": {"num_samples": 5}, "train": {"num_samples": 4}})
+    with pytest.raises(ConfigError, match="train.num_samples=1 is too small for the 'vma' family"):
+        RunConfig.load(None, ["train.num_samples=1"])
+    assert RunConfig.load(None, ["model.name=vae", "train.num_samples=1"]).train.num_samples == 1
 
 
-def test_model_section_checked_against_model_config():
-    cls = model_config_class()
-    if cls is None:
-        pytest.skip("models.config is not there yet")
+def test_model_section_is_typed_by_its_family():
     c = RunConfig()
-    assert c.model == cls().to_dict()  # every ModelConfig default filled in
+    assert c.model == family("vma").config() and c.to_dict()["model"] == {"name": "vma", **family("vma").config().to_dict()}
     with pytest.raises(ConfigError) as info:
         RunConfig.load(None, ["model.z_dimm=3"])
     assert "z_dimm" in str(info.value) and "z_dim" in str(info.value)
     with pytest.raises(ConfigError, match="model.z_dim must be an integer"):
         RunConfig.load(None, ["model.z_dim=abc"])
-    with pytest.raises(ConfigError, match="model: .*name"):
+    with pytest.raises(ConfigError, match="model.name='gan' is not a registered model family.*--plugin"):
         RunConfig.load(None, ["model.name=gan"])
+    # switching family keeps the shared fields and drops the old family's defaults
+    c = RunConfig.load(None, ["model.z_dim=8", "model.name=soft_attention"])
+    assert type(c.model).family == "soft_attention" and c.model.z_dim == 8
+    with pytest.raises(ConfigError, match="model.prior='flat' is a field of family 'vma', not of 'vae'"):
+        RunConfig.load(None, ["model.prior=flat", "model.name=vae"])
 
 
-def test_factory_model_section_is_passed_through(tmp_path):
-    c = RunConfig.from_dict({"model": {"factory": FACTORY, "latent": 2, "anything": [1, 2]}})
-    assert c.model == {"factory": FACTORY, "latent": 2, "anything": [1, 2]}
-    assert c.with_overrides(["model.latent=5"]).model["latent"] == 5
+@pytest.mark.parametrize("override", ["model.factory=os:system", "model.factory=tests.training.standin:build"])
+def test_a_config_cannot_import_code(override, tmp_path):
+    """model.factory (varmem <= 0.1) is gone: a config names a registered family, it never imports one."""
+    with pytest.raises(ConfigError, match="unknown key 'factory'"):
+        RunConfig.load(None, [override])
+    raw = {"model": {"name": "vma", "factory": "os:system"}}
+    with pytest.raises(ConfigError, match="model.factory is no longer read: a config cannot import code"):
+        load_raw(raw, tmp_path)
+
+
+def test_an_old_flat_model_section_is_read_from_a_saved_run(tmp_path):
+    """A run saved by varmem 0.1 holds every field of the old flat ModelConfig, whatever its family."""
+    old = {"name": "vae", "architecture": "conv", "z_dim": 8, "match_dim": 128, "prior": "learned", "memory": "episode",
+           "similarity": "normalized_dot", "vimco_variant": "geometric", "num_samples": 4, "read_dim": 128}
+    path = write_config(tmp_path / "config.yaml", {"model": old})
+    c = RunConfig.from_yaml(path)
+    assert type(c.model).family == "vae" and c.model.z_dim == 8 and c.train.num_samples == 4
+    with pytest.raises(ConfigError, match="unknown key 'match_dim'"):
+        RunConfig.from_dict({"model": old})  # a config being written now gets no such leniency
 
 
 def test_resolve_paths_makes_data_and_run_absolute(tmp_path):
@@ -189,14 +205,8 @@ def test_shipped_configs_are_valid(path):
     if path.name == "vma_recall.yaml":
         assert spec.targets_from_memory and spec.memory_size == 16
         assert c.eval_spec().targets_from_memory and c.eval_spec().memory_size == 16
-    cls = model_config_class()
-    if cls is None:
-        pytest.skip("models.config is not there yet: only the trainer's sections were checked")
-    model_cfg = cls.from_dict({k: v for k, v in raw["model"].items()})  # the file's keys are ModelConfig fields
-    assert model_cfg.name == raw["model"]["name"]
-    from models.config import build_model
-
-    model = build_model(model_cfg, (26, 26))
+    assert type(c.model).family == raw["model"]["name"]
+    model = build_model(c.model, (26, 26))
     assert sum(p.numel() for p in model.parameters()) > 0
 
 

@@ -11,21 +11,36 @@ as its context at the top and, as a per-channel bias, at every resolution (the s
 for r; the VMA decoder has pixel-level skips from its single m_a instead, which a convex
 combination of M entries does not give). Trained on the K-sample IWAE bound, reparameterized.
 
-Memory: episode exemplars or ``learned_memory_size`` parameter images (as in :mod:`models.vma`).
+Memory: episode exemplars or ``learned_memory_size`` parameter images (as in :mod:`varmem.models.vma`).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from dataclasses import dataclass
+
 import torch
 
-from kernels import memory_read
-from models.base import FewShotGenerativeModel, Objective
-from models.checks import check_images, check_num_samples
-from models.distributions import DiagonalGaussian, bernoulli_log_prob
-from models.estimators import check_chunking, chunked_log_mean_exp, log_mean_exp
-from models.learned_memory import LearnedMemory
-from models.networks import MLPHead, build_decoder, build_pyramid, head_hidden
+from varmem.kernels import memory_read
+from varmem.models.base import Batch, Capability, FewShotModel, Objective
+from varmem.models.checks import check_images, check_num_samples
+from varmem.models.distributions import DiagonalGaussian, bernoulli_log_prob
+from varmem.models.estimators import check_chunking, chunked_log_mean_exp, iwae_objective
+from varmem.models.learned_memory import LearnedMemory, no_weight_decay_names
+from varmem.models.networks import MAX_KERNEL_DIM, MemoryConfig, MLPHead, build_decoder, build_pyramid, head_hidden
+from varmem.models.registry import register
+
+
+@dataclass(frozen=True)
+class SoftAttentionConfig(MemoryConfig):
+    """Soft attention's config: the shared networks and memory, and the width of the values read."""
+
+    read_dim: int = 128  # width of the memory values g(m) read by attention
+
+    def validate(self) -> None:
+        super().validate()
+        self._require(1 <= self.read_dim <= MAX_KERNEL_DIM, "read_dim",
+                      f"an int in [1, {MAX_KERNEL_DIM}] (the Triton memory kernels' limit; wider runs only on the reference)")
 
 
 class EncodedMemory(NamedTuple):
@@ -34,9 +49,10 @@ class EncodedMemory(NamedTuple):
     shared: bool
 
 
-class SoftAttentionMemory(FewShotGenerativeModel):
+@register("soft_attention", SoftAttentionConfig)
+class SoftAttentionMemory(FewShotModel):
+    capabilities = frozenset({Capability.LIKELIHOOD, Capability.SAMPLING})
     uses_memory = True
-    has_address = False
 
     def __init__(self, config, image_shape: tuple[int, int]):
         super().__init__()
@@ -102,36 +118,31 @@ class SoftAttentionMemory(FewShotGenerativeModel):
                 f"SoftAttentionMemory: memory {tuple(memory.shape)} and targets {tuple(targets.shape)} disagree on G (dim 0)"
             )
 
-    def objective(self, memory, targets, num_samples: int | None = None, *, generator: torch.Generator | None = None) -> Objective:
+    def no_weight_decay(self) -> list[str]:
+        return no_weight_decay_names(self)
+
+    def objective(self, batch: Batch, num_samples: int, *, generator: torch.Generator | None = None) -> Objective:
         op = "SoftAttentionMemory.objective"
-        K = check_num_samples(self.config.num_samples if num_samples is None else num_samples, 1, op)
+        K = check_num_samples(num_samples, 1, op)
+        memory, targets = batch.memory, batch.targets
         self._check_episodes(memory, targets)
         mem = self.encode_memory(memory, op)
         q_z = self.posterior(targets, op)
         log_w, log_px = self.log_weights(mem, q_z, targets, K, generator)  # [G, T, K]
-        bound = log_mean_exp(log_w)  # [G, T]
-        return Objective(
-            loss=-bound.mean(),
-            bound=bound.detach(),
-            reconstruction=log_px.detach().mean(-1),
-            kl_address=torch.zeros_like(bound.detach()),
-            kl_latent=q_z.kl(DiagonalGaussian.standard(q_z.mean.shape, q_z.mean)).detach(),
-        )
+        return iwae_objective(log_w, log_px, q_z)
 
-    @torch.no_grad()
-    def log_likelihood(self, memory, targets, num_samples: int, chunk: int = 100, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _log_likelihood(self, batch: Batch, num_samples: int, chunk: int = 100, *, generator: torch.Generator | None = None) -> torch.Tensor:
         op = "SoftAttentionMemory.log_likelihood"
         check_chunking(num_samples, chunk, op)
+        memory, targets = batch.memory, batch.targets
         self._check_episodes(memory, targets)
         mem = self.encode_memory(memory, op)
         q_z = self.posterior(targets, op)
         return chunked_log_mean_exp(lambda k: self.log_weights(mem, q_z, targets, k, generator)[0], num_samples, chunk)
 
-    @torch.no_grad()
-    def sample(self, memory, num: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        num = check_num_samples(num, 1, "SoftAttentionMemory.sample")
+    def _sample_logits(self, memory, num: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         mem = self.encode_memory(memory, "SoftAttentionMemory.sample")
         G = memory.shape[0] if memory is not None else 1
         p = next(self.parameters())
         z = torch.randn(G, num, self.config.z_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return torch.sigmoid(self.decode(mem, z))  # [G, num, 1, H, W]
+        return self.decode(mem, z)  # [G, num, 1, H, W] logits

@@ -8,18 +8,27 @@ False: the memory argument of every method is ignored (it may be None).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from models.base import FewShotGenerativeModel, Objective
-from models.checks import check_images, check_num_samples
-from models.distributions import DiagonalGaussian, bernoulli_log_prob
-from models.estimators import check_chunking, chunked_log_mean_exp, log_mean_exp
-from models.networks import MLPHead, build_decoder, build_pyramid, head_hidden
+from varmem.models.base import Batch, Capability, FewShotModel, Objective
+from varmem.models.checks import check_images, check_num_samples
+from varmem.models.distributions import DiagonalGaussian, bernoulli_log_prob
+from varmem.models.estimators import check_chunking, chunked_log_mean_exp, iwae_objective
+from varmem.models.networks import MLPHead, NetworkConfig, build_decoder, build_pyramid, head_hidden
+from varmem.models.registry import register
 
 
-class VAE(FewShotGenerativeModel):
+@dataclass(frozen=True)
+class VAEConfig(NetworkConfig):
+    """The VAE baseline's config: the shared networks only (it has no memory)."""
+
+
+@register("vae", VAEConfig)
+class VAE(FewShotModel):
+    capabilities = frozenset({Capability.LIKELIHOOD, Capability.SAMPLING})
     uses_memory = False
-    has_address = False
 
     def __init__(self, config, image_shape: tuple[int, int]):
         super().__init__()
@@ -43,29 +52,21 @@ class VAE(FewShotGenerativeModel):
         log_pz = DiagonalGaussian.standard(z.shape, z).log_prob(z)
         return log_px + log_pz - q_z.unsqueeze(2).log_prob(z), log_px
 
-    def objective(self, memory, targets, num_samples: int | None = None, *, generator: torch.Generator | None = None) -> Objective:
-        K = check_num_samples(self.config.num_samples if num_samples is None else num_samples, 1, "VAE.objective")
+    def objective(self, batch: Batch, num_samples: int, *, generator: torch.Generator | None = None) -> Objective:
+        K = check_num_samples(num_samples, 1, "VAE.objective")
+        targets = batch.targets
         q_z = self.posterior(targets, "VAE.objective")
         log_w, log_px = self.log_weights(q_z, targets, K, generator)  # [G, T, K]
-        bound = log_mean_exp(log_w)  # [G, T]  IWAE bound
-        return Objective(
-            loss=-bound.mean(),
-            bound=bound.detach(),
-            reconstruction=log_px.detach().mean(-1),
-            kl_address=torch.zeros_like(bound.detach()),
-            kl_latent=q_z.kl(DiagonalGaussian.standard(q_z.mean.shape, q_z.mean)).detach(),
-        )
+        return iwae_objective(log_w, log_px, q_z)
 
-    @torch.no_grad()
-    def log_likelihood(self, memory, targets, num_samples: int, chunk: int = 100, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _log_likelihood(self, batch: Batch, num_samples: int, chunk: int = 100, *, generator: torch.Generator | None = None) -> torch.Tensor:
         check_chunking(num_samples, chunk, "VAE.log_likelihood")
+        targets = batch.targets
         q_z = self.posterior(targets, "VAE.log_likelihood")
         return chunked_log_mean_exp(lambda k: self.log_weights(q_z, targets, k, generator)[0], num_samples, chunk)
 
-    @torch.no_grad()
-    def sample(self, memory, num: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        num = check_num_samples(num, 1, "VAE.sample")
+    def _sample_logits(self, memory, num: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         G = memory.shape[0] if memory is not None else 1
         p = next(self.parameters())
         z = torch.randn(G * num, self.config.z_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return torch.sigmoid(self.decoder(z)).view(G, num, 1, *self.image_shape)
+        return self.decoder(z).view(G, num, 1, *self.image_shape)  # logits

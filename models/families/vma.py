@@ -9,7 +9,7 @@ Inference network q(a, z | M, x) = q(a | M, x) q(z | m_a, x) with
     e_a = h(m_a), e_q = h_q(x)  (untied embeddings in a ``match_dim``-d matching space)
     S(m_a, x) = <e_a, e_q> / ||e_a||                                                   (eqs. 4–6)
     q(a | M, x) = softmax_a S(m_a, x);  p(a | M) = softmax_a S(m_a, e_p) (learned query e_p
-    sharing h) or 1/M (``prior="flat"``); both through ``kernels.memory_addressing``.
+    sharing h) or 1/M (``prior="flat"``); both through ``varmem.kernels.memory_addressing``.
 
 Training objective with K samples (a_k, z_k) ~ q:
 
@@ -17,11 +17,11 @@ Training objective with K samples (a_k, z_k) ~ q:
               + log p(a_k) − log q(a_k | x)
     L̂ = log (1/K) Σ_k w_k                                                               (eq. 7)
 
-maximized through ``kernels.vimco_surrogate(log_w, log q(a_k|x))``: the address gradients are
+maximized through ``varmem.kernels.vimco_surrogate(log_w, log q(a_k|x))``: the address gradients are
 VIMCO's (eq. 8: learning signal L̂ − L̂^{−k} on ∇ log q(a_k|x)), the z gradients are
 reparameterized through log w (IWAE-style).
 
-Networks (``models.networks``): one m-pyramid, tied between p(z | m) (its top), q(z | x, m)'s
+Networks (``varmem.models.networks``): one m-pyramid, tied between p(z | m) (its top), q(z | x, m)'s
 m-pathway (its top), the decoder's skip connections (all levels) and the key embedding h(m);
 an x-pyramid for q(z | x, m)'s x-pathway and h_q(x). q(z | x, m) concatenates x's and m's top
 features: the x-pyramid runs once per target and the m-pyramid once per memory entry, so the
@@ -34,18 +34,36 @@ argument is then ignored and may be None).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from kernels import memory_addressing, memory_log_softmax, vimco_surrogate
-from models.base import FewShotGenerativeModel, Objective
-from models.checks import check_images, check_num_samples
-from models.distributions import DiagonalGaussian, bernoulli_log_prob
-from models.estimators import check_chunking, chunked_log_mean_exp
-from models.learned_memory import LearnedMemory
-from models.networks import MLPHead, build_decoder, build_pyramid, head_hidden
+from varmem.kernels import memory_addressing, memory_log_softmax, vimco_surrogate
+from varmem.models.base import Batch, Capability, FewShotModel, Objective
+from varmem.models.checks import check_images, check_num_samples
+from varmem.models.distributions import DiagonalGaussian, bernoulli_log_prob
+from varmem.models.estimators import check_chunking, chunked_log_mean_exp
+from varmem.models.learned_memory import LearnedMemory, no_weight_decay_names
+from varmem.models.networks import MemoryConfig, MLPHead, build_decoder, build_pyramid, head_hidden
+from varmem.models.registry import register
+
+PRIORS = ("learned", "flat")
+VIMCO_VARIANTS = ("geometric", "arithmetic")  # as in kernels.vimco
+
+
+@dataclass(frozen=True)
+class VMAConfig(MemoryConfig):
+    """VMA's config: the shared networks and memory, p(a) and VIMCO's baseline."""
+
+    prior: str = "learned"  # p(a): learned query e_p sharing h | flat 1/M
+    vimco_variant: str = "geometric"  # leave-one-out baseline of VIMCO (VMA eq. 8)
+
+    def validate(self) -> None:
+        super().validate()
+        self._require(self.prior in PRIORS, "prior", f"one of {', '.join(PRIORS)}")
+        self._require(self.vimco_variant in VIMCO_VARIANTS, "vimco_variant", f"one of {', '.join(VIMCO_VARIANTS)}")
 
 
 class EncodedMemory(NamedTuple):
@@ -87,11 +105,13 @@ class LatentTerms(NamedTuple):
     kl_z: torch.Tensor  # [G, T, K] KL(q(z | x, m_{a_k}) || p(z | m_{a_k})), analytic
 
 
-class VMA(FewShotGenerativeModel):
+@register("vma", VMAConfig)
+class VMA(FewShotModel):
+    capabilities = frozenset({Capability.LIKELIHOOD, Capability.ADDRESS, Capability.SAMPLING, Capability.CLASSIFICATION})
     uses_memory = True
-    has_address = True
+    min_num_samples = 2  # VIMCO's leave-one-out baselines use the other samples
 
-    def __init__(self, config, image_shape: tuple[int, int]):
+    def __init__(self, config: VMAConfig, image_shape: tuple[int, int]):
         super().__init__()
         self.config = config
         self.image_shape = tuple(image_shape)
@@ -183,14 +203,15 @@ class VMA(FewShotGenerativeModel):
         return LatentTerms(log_px, p_z.log_prob(z), q_z.log_prob(z), q_z.kl(p_z))
 
     # -----------------------------------------------------------------------------------------
-    # FewShotGenerativeModel
+    # FewShotModel
     # -----------------------------------------------------------------------------------------
 
-    def objective(self, memory, targets, num_samples: int | None = None, *, generator: torch.Generator | None = None) -> Objective:
-        K = check_num_samples(
-            self.config.num_samples if num_samples is None else num_samples, 2, "VMA.objective",
-            " (VIMCO's leave-one-out baselines need the other samples)",
-        )
+    def no_weight_decay(self) -> list[str]:
+        return no_weight_decay_names(self)  # learned memory entries (VMA §4.3)
+
+    def objective(self, batch: Batch, num_samples: int, *, generator: torch.Generator | None = None) -> Objective:
+        K = check_num_samples(num_samples, 2, "VMA.objective", " (VIMCO's leave-one-out baselines need the other samples)")
+        memory, targets = batch.memory, batch.targets
         self._check_episodes(memory, targets)
         mem = self.encode_memory(memory, "VMA.objective")
         tgt = self.encode_targets(targets, "VMA.objective")
@@ -202,22 +223,15 @@ class VMA(FewShotGenerativeModel):
         return Objective(
             loss=-surrogate.mean(),
             bound=surrogate.detach(),
-            reconstruction=lat.log_px.detach().mean(-1),
-            kl_address=addr.kl.detach(),
-            kl_latent=lat.kl_z.detach().mean(-1),  # E over the sampled a_k of the analytic KL
+            terms={
+                "reconstruction": lat.log_px.detach().mean(-1),  # E_q log p(x | z, m_a)
+                "kl_address": addr.kl.detach(),  # KL(q(a|x) || p(a)), exact
+                "kl_latent": lat.kl_z.detach().mean(-1),  # E over the sampled a_k of the analytic KL
+            },
         )
 
-    @torch.no_grad()
-    def log_likelihood(
-        self,
-        memory,
-        targets,
-        num_samples: int,
-        chunk: int = 100,
-        *,
-        exact_address: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    def _log_likelihood(self, batch: Batch, num_samples: int, chunk: int = 100, *, exact_address: bool = False,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
         """Importance-sampled log p(x | M) [G, T] with the proposal q(a, z | x).
 
         ``exact_address=False``: K = ``num_samples`` samples (a_k, z_k) ~ q, log (1/K) Σ_k w_k.
@@ -227,6 +241,7 @@ class VMA(FewShotGenerativeModel):
         computed ``chunk`` decoder calls per target at a time.
         """
         check_chunking(num_samples, chunk, "VMA.log_likelihood")
+        memory, targets = batch.memory, batch.targets
         self._check_episodes(memory, targets)
         mem = self.encode_memory(memory, "VMA.log_likelihood")
         tgt = self.encode_targets(targets, "VMA.log_likelihood")
@@ -257,9 +272,9 @@ class VMA(FewShotGenerativeModel):
         log_p_a = self.log_prior_all(mem, G).unsqueeze(1)  # [G, 1, M]
         return torch.logsumexp(log_p_a + torch.cat(log_px_a, dim=-1), dim=-1)  # [G, T]  (eq. 1)
 
-    @torch.no_grad()
-    def address_log_posterior(self, memory, targets) -> torch.Tensor:
-        """log q(a | x, M) [G, T, M] (eq. 5); classification reads its argmax."""
+    def _address_log_posterior(self, batch: Batch) -> torch.Tensor:
+        """log q(a | x, M) [G, T, M] (eq. 5); classification reads its mass per class."""
+        memory, targets = batch.memory, batch.targets
         self._check_episodes(memory, targets)
         mem = self.encode_memory(memory, "VMA.address_log_posterior")
         tgt = self.encode_targets(targets, "VMA.address_log_posterior")
@@ -269,10 +284,8 @@ class VMA(FewShotGenerativeModel):
             return memory_log_softmax(tgt.query.reshape(G * T, d), mem.keys, similarity=sim).view(G, T, -1)
         return memory_log_softmax(tgt.query, mem.keys, similarity=sim)
 
-    @torch.no_grad()
-    def sample(self, memory, num: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """a ~ p(a), z ~ p(z | m_a), Bernoulli means of p(x | z, m_a): [G, num, 1, H, W]."""
-        num = check_num_samples(num, 1, "VMA.sample")
+    def _sample_logits(self, memory, num: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """a ~ p(a), z ~ p(z | m_a), the Bernoulli logits of p(x | z, m_a): [G, num, 1, H, W]."""
         mem = self.encode_memory(memory, "VMA.sample")
         G = memory.shape[0] if memory is not None else 1
         probs = self.log_prior_all(mem, G).exp()  # [G, M]
@@ -280,4 +293,4 @@ class VMA(FewShotGenerativeModel):
         rows = mem.rows(a)
         z = mem.prior_z.index(rows).rsample(generator=generator)  # [G, num, z]
         logits = self.decoder(z.reshape(G * num, -1), [s[rows.reshape(-1)] for s in mem.skips])
-        return torch.sigmoid(logits).view(G, num, 1, *self.image_shape)
+        return logits.view(G, num, 1, *self.image_shape)
