@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     from varmem.distributed.cli_train import add_train_commands
 
     add_train_commands(sub)
+    from varmem.distributed.cli_eval import add_eval_commands
+
+    add_eval_commands(sub)
     from varmem.distributed.tune import add_tune_command
 
     add_tune_command(sub)

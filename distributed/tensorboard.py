@@ -16,7 +16,7 @@ directory). Tags::
 memory_use = KL(q(a|x) || p(a)) / log|M|: 0 when the addresses follow the prior, 1 when each
 target picks one entry of a memory whose prior is uniform.
 
-Pictures come from ``varmem.models.evaluation`` (``sample_grid``, ``address_picture``) when that module
+Pictures come from ``varmem.models.eval.protocol`` (``sample_grid``, ``address_picture``) when that module
 is importable; without it no pictures are written.
 """
 from __future__ import annotations
@@ -127,9 +127,9 @@ def _hparam_value(value: Any) -> Any:
 
 def _evaluation_pictures():
     """(sample_grid, address_picture, methods_for) from models.evaluation, or None without it."""
-    if importlib.util.find_spec("varmem.models.evaluation") is None:
+    if importlib.util.find_spec("varmem.models.eval.protocol") is None:
         return None
-    module = importlib.import_module("varmem.models.evaluation")
+    module = importlib.import_module("varmem.models.eval.protocol")
     try:
         return module.sample_grid, module.address_picture, module.methods_for
     except AttributeError:

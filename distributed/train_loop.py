@@ -35,38 +35,33 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from varmem.distributed.config import (
-    CONFIG_FILE,
     ConfigError,
-    OptimConfig,
     RunConfig,
     TrainingDiverged,
     atomic_write_text,
 )
 from varmem.episodes.dataset import Dataset
-from varmem.episodes.files import atomic_write
-from varmem.episodes.sampler import EpisodeBatch, EpisodeSampler
+from varmem.episodes.sampler import EpisodeBatch
 from varmem.episodes.stream import EpisodeStream
-from varmem.models.base import Batch, Capability, FewShotModel, Objective
-from varmem.models.evaluation import decodes_per_pass
-from varmem.models.registry import family_of
-
-CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
-FINAL_FILE = "final_metrics.json"
-CHECKPOINT_FORMAT = 1
-_CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+from varmem.models.base import Batch, FewShotModel, Objective
+from varmem.models.eval.bound import evaluate_bound, few_shot_accuracy  # noqa: F401  (re-exported)
+from varmem.distributed.run import build_model, build_optimizer, open_dataset, resolve_device  # noqa: F401
+from varmem.distributed.rundir import (  # noqa: F401  (re-exported)
+    CHECKPOINT_DIR, CHECKPOINT_FORMAT, FINAL_FILE, METRICS_FILE, TENSORBOARD_DIR, _append_jsonl, _fmt_time, _truncate_metrics,
+    checkpoint_path, checkpoint_step, clear_run_dir, latest_checkpoint, list_checkpoints, load_checkpoint,
+    prune_checkpoints, save_checkpoint,
+)
+from varmem.distributed.validation import eval_batches, validation_batches  # noqa: F401
 
 # Fields that may change when a run is resumed: they do not change the training trajectory.
 RESUMABLE_CHANGES = (
@@ -74,7 +69,6 @@ RESUMABLE_CHANGES = (
     "train.eval_batch", "train.chunk", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
     "data.dir", "run.out", "run.tensorboard",
 )
-TENSORBOARD_DIR = "tensorboard"
 # Keys of a validation row that are bookkeeping, not the model's values.
 VAL_BOOKKEEPING = ("kind", "step", "samples", "objective_samples", "episodes", "nll_bound", "nll_bound_stderr", "accuracy_stderr")
 
@@ -176,61 +170,7 @@ def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def resolve_device(name: torch.device | str | None, config: RunConfig) -> torch.device:
-    name = name if name is not None else config.train.device
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but torch sees no CUDA device (use cpu or auto)")
-    return torch.device(name)
-
-
 # --- data and model ---------------------------------------------------------------------------
-
-
-def open_dataset(config: RunConfig) -> Dataset:
-    """The config's dataset, its image size checked, both splits able to supply the config's episodes."""
-    dataset = Dataset.open(config.data.dir)
-    size = config.data.image_size
-    if size and tuple(dataset.image_shape) != (size, size):
-        h, w = dataset.image_shape
-        raise ConfigError(f"data.image_size is {size} but {dataset.directory} holds {h}×{w} images "
-                          f"(set data.image_size={h} or build the dataset with --size {size})")
-    for spec in (config.train_spec(), config.eval_spec()):
-        spec.check_against(dataset.split(spec.split), f"split {spec.split!r} of {dataset.directory}")
-    return dataset
-
-
-def build_model(config: RunConfig, image_shape: tuple[int, int]) -> FewShotModel:
-    """The config's model: its family (``model.name``, varmem.models.registry) built from ``config.model``."""
-    try:
-        return family_of(config.model).build(config.model, tuple(image_shape))
-    except ValueError as exc:  # the family's own checks of the image shape and its config
-        raise ConfigError(f"model ({config.model.family}): {exc}") from None
-
-
-def build_optimizer(model: FewShotModel, o: OptimConfig) -> torch.optim.Adam:
-    """Adam over the family's parameter groups (``model.parameter_groups``: e.g. VMA's learned memory
-    entries without weight decay, VMA §4.3)."""
-    groups = [g for g in model.parameter_groups(o.weight_decay) if g["params"]]
-    if not groups:
-        raise ConfigError("the model has no trainable parameters")
-    return torch.optim.Adam(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-
-
-def eval_batches(dataset: Dataset, config: RunConfig, episodes: int, seed: int) -> Iterator[EpisodeBatch]:
-    """Episodes 0..episodes−1 of the eval spec with ``seed``, in batches of ``train.eval_batch``, one at a time."""
-    sampler = EpisodeSampler(dataset, config.eval_spec(), seed=seed)
-    step = config.train.eval_batch
-    for i in range(0, episodes, step):
-        yield sampler.batch(range(i, min(i + step, episodes)))
-
-
-def validation_batches(dataset: Dataset, config: RunConfig, episodes: int, seed: int) -> list[EpisodeBatch]:
-    """The fixed validation episodes, sampled once and kept for every validation of a run."""
-    return list(eval_batches(dataset, config, episodes, seed))
 
 
 # --- the objective of a training step ---------------------------------------------------------
@@ -258,175 +198,6 @@ def training_objective(model: FewShotModel, batch: EpisodeBatch, indices: list[i
 
 
 # --- evaluation of a bound --------------------------------------------------------------------
-
-
-def few_shot_accuracy(model: FewShotModel, batch: EpisodeBatch, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The family's own classifier (``model.classify``: for address models the label with the most
-    q(a|x) mass, VMA §4.3, no fine-tuning; ties at random). Correct or not, float [G, T]."""
-    batch = Batch.of(batch)
-    return (model.classify(batch, generator) == batch.target_labels.cpu()).to(torch.float32)
-
-
-@torch.no_grad()
-def evaluate_bound(
-    model: FewShotModel,
-    batches: Iterable[EpisodeBatch],
-    *,
-    samples: int,
-    num_samples: int,
-    chunk: int,
-    seed: int,
-    device: torch.device,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """The K-sample NLL bound (``log_likelihood`` with ``samples``), the objective's KL parts (with
-    ``num_samples``) and, for models with an address, few-shot accuracy, on fixed episodes.
-
-    Runs under a forked torch RNG seeded with ``seed``: the numbers are reproducible and the
-    caller's RNG stream (the training noise) is untouched.
-    """
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    likelihood = model.supports(Capability.LIKELIHOOD)
-    classifies = model.supports(Capability.CLASSIFICATION)
-    per_episode: dict[str, list[torch.Tensor]] = {}
-
-    def keep(name: str, values: torch.Tensor) -> None:  # [G, T] → the per-episode means
-        per_episode.setdefault(name, []).append(values.double().mean(1).cpu())
-
-    was_training = model.training
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)  # the classifier's tie-breaks
-        model.eval()
-        try:
-            done = 0
-            for batch in batches:
-                b = Batch.of(batch.to(device))
-                if likelihood:
-                    # ≤ decodes_per_pass (target, sample) decodes at a time: with the paper-size networks a
-                    # pass of 100 samples × 32 targets held 7.6 GB on the CPU, and passes that large are slower
-                    pass_chunk = max(1, min(chunk, decodes_per_pass(device) // b.targets.shape[:2].numel()))
-                    keep("log_likelihood", model.log_likelihood(b, samples, chunk=pass_chunk))  # [G, T]
-                with torch.no_grad():
-                    obj = model.objective(b, num_samples)
-                if obj.bound is not None:
-                    keep("bound", obj.bound)
-                for name, value in obj.terms.items():
-                    keep(name, value)
-                if classifies:
-                    keep("accuracy", few_shot_accuracy(model, b, generator))
-                done += b.targets.shape[0]
-                if progress is not None:
-                    progress(done)
-        finally:
-            model.train(was_training)
-    out: dict[str, Any] = {"samples": samples, "objective_samples": num_samples}
-    n = 0
-    if "log_likelihood" in per_episode:
-        ll = torch.cat(per_episode.pop("log_likelihood"))  # [episodes]
-        n = ll.numel()
-        out.update(nll_bound=float(-ll.mean()),
-                   nll_bound_stderr=float(ll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"))
-    if "bound" in per_episode:
-        out["objective_nll_bound"] = float(-torch.cat(per_episode.pop("bound")).mean())
-    acc = torch.cat(per_episode.pop("accuracy")) if "accuracy" in per_episode else None
-    for name, values in per_episode.items():
-        out[name] = float(torch.cat(values).mean())
-        n = max(n, sum(v.numel() for v in values))
-    if acc is not None:
-        n = acc.numel()
-        out["accuracy"] = float(acc.mean())
-        out["accuracy_stderr"] = float(acc.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    out["episodes"] = n
-    return out
-
-
-# --- checkpoints ------------------------------------------------------------------------------
-
-
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"ckpt-{step:08d}.pt"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint in ``run_dir``, oldest first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _CKPT_RE.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (a temporary ``*.tmp`` beside it, fsync, rename)."""
-    return atomic_write(path, lambda f: torch.save(state, f))
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise ConfigError(f"checkpoint {path} cannot be read: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"checkpoint {path} is not a varmem checkpoint of format {CHECKPOINT_FORMAT}")
-    return state
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """What a run starting again (``--overwrite``) removes: checkpoints, metrics, final metrics, events."""
-    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
-    for name in (METRICS_FILE, FINAL_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """The step in a checkpoint's file name (``ckpt-00001000.pt`` → 1000)."""
-    m = _CKPT_RE.match(Path(path).name)
-    if not m:
-        raise ConfigError(f"{path} is not named like a checkpoint (ckpt-<step>.pt)")
-    return int(m.group(1))
-
-
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    for _, p in list_checkpoints(run_dir)[:-keep]:
-        p.unlink(missing_ok=True)
-
-
-# --- files of the run directory ---------------------------------------------------------------
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the rows up to ``step``: a resumed run rewrites what came after its checkpoint."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -741,86 +512,4 @@ def _check_resumable(config: RunConfig, ckpt: dict[str, Any], source: Path) -> N
     if int(ckpt["step"]) > config.train.steps:
         raise ConfigError(f"checkpoint {source} is at step {ckpt['step']}, past train.steps={config.train.steps}")
 
-
-# --- a trained run, for evaluation ------------------------------------------------------------
-
-
-@dataclass
-class LoadedRun:
-    """A run directory opened for evaluation: what ``varmem.models.evaluation.evaluate(run, ...)`` receives."""
-
-    run_dir: Path
-    config: RunConfig
-    model: FewShotModel  # in eval mode, on ``device``, with the checkpoint's parameters
-    step: int
-    checkpoint: Path
-    dataset: Dataset
-    device: torch.device
-
-
-def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None) -> LoadedRun:
-    """Open ``run_dir`` (its config.yaml and newest checkpoint, or ``checkpoint``) for evaluation."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"{run_dir / CONFIG_FILE} is missing: {run_dir} is not a varmem run directory")
-    config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
-    source = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    if source is None:
-        raise ConfigError(f"{run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt: train the run first")
-    state = load_checkpoint(source)
-    dev = resolve_device(device, config)
-    dataset = open_dataset(config)
-    if config.train.threads:  # as in training: oversubscribed intra-op threads stall each other
-        torch.set_num_threads(config.train.threads)
-    model = build_model(config, dataset.image_shape)
-    model.load_state_dict(state["model"])
-    model.to(dev).eval()
-    return LoadedRun(run_dir=run_dir, config=config, model=model, step=int(state["step"]), checkpoint=source,
-                     dataset=dataset, device=dev)
-
-
-def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, seed: int | None = None,
-                 progress: bool = False, protocol_options: dict[str, Any] | None = None,
-                 bound_episodes: int | None = None) -> dict[str, Any]:
-    """The test NLL bound with ``samples`` importance samples, its KL parts and (address models) accuracy
-    on ``bound_episodes`` (default ``episodes``) fixed episodes of the config's eval shape, and the
-    evaluation protocol's results under "protocol", its tables over ``episodes`` episodes
-    (``protocol_options``: more keyword arguments of :func:`varmem.models.evaluation.evaluate`,
-    e.g. ``out_dir``, ``lake_runs``, ``pictures``, ``classification_episodes``)."""
-    table_episodes = episodes
-    episodes = episodes if bound_episodes is None else bound_episodes
-    if samples < 1 or episodes < 1 or table_episodes < 1:
-        raise ConfigError(f"--samples, --episodes and --bound-episodes must be ≥ 1, got {samples}, {table_episodes} "
-                          f"and {episodes}")
-    seed = run.config.train.val_seed if seed is None else seed
-    spec = run.config.eval_spec()
-    batches = eval_batches(run.dataset, run.config, episodes, seed)
-
-    every = max(1, episodes // 10)
-    shown = 0
-
-    def report(done: int) -> None:
-        nonlocal shown
-        if progress and (done - shown >= every or done == episodes):
-            shown = done
-            print(f"  {done}/{episodes} episodes", file=sys.stderr, flush=True)
-
-    result: dict[str, Any] = {
-        "run_dir": str(run.run_dir),
-        "checkpoint": str(run.checkpoint),
-        "step": run.step,
-        "split": spec.split,
-        "episode": {"ways": spec.ways, "shots": spec.shots, "targets": spec.targets, "distractors": spec.distractors,
-                    "alphabet": spec.alphabet, "targets_from_memory": spec.targets_from_memory},
-        "seed": seed,
-        **evaluate_bound(run.model, batches, samples=samples, num_samples=run.config.train.num_samples,
-                         chunk=run.config.train.chunk, seed=seed, device=run.device, progress=report),
-    }
-    # the protocol: NLL tables vs memory, classification with CIs, Lake runs, pictures
-    from varmem.models.evaluation import evaluate
-
-    options = {"progress": (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
-               **(protocol_options or {})}
-    result["protocol"] = evaluate(run, samples=samples, episodes=table_episodes, seed=seed, **options)
-    return result
 

@@ -40,8 +40,8 @@ def chunked_log_mean_exp(draw: Callable[[int], torch.Tensor], num_samples: int, 
     return total - math.log(num_samples)
 
 
-def iwae_objective(log_w: torch.Tensor, log_px: torch.Tensor, q_z) -> "Objective":  # noqa: F821
-    """The importance-weighted objective of a model whose only latent is z ~ q(z|x) with prior N(0, I)
+def iwae_objective(log_w: torch.Tensor, log_px: torch.Tensor, q_z):
+    """The importance-weighted Objective of a model whose only latent is z ~ q(z|x) with prior N(0, I)
     (the VAE and soft-attention baselines): log_w, log_px [G, T, K], q_z [G, T, z]. Fully reparameterized."""
     from varmem.models.base import Objective
     from varmem.models.distributions import DiagonalGaussian

@@ -1,4 +1,4 @@
-"""varmem.models.evaluation: NLL tables, classification with confidence intervals, Lake runs, pictures, `varmem eval`.
+"""varmem.models.eval.protocol: NLL tables, classification with confidence intervals, Lake runs, pictures, `varmem eval`.
 
 A tiny TinySource dataset (evaluation split: 6 classes × 12 images at 26×26, so n = 19 examples
 and 20-way tasks do not fit and must be skipped, saying so), tiny MLP models, and hand-made
@@ -22,7 +22,7 @@ from varmem.episodes.dataset import Dataset
 from varmem.episodes.errors import DataError
 from varmem.episodes.preprocess import Preprocessing
 from varmem.episodes.spec import EpisodeSpec
-from varmem.models import evaluation as ev
+from varmem.models.eval import protocol as ev
 from varmem.models.base import Batch, Capability, FewShotModel, Objective
 from tests.episodes.fixtures import make_lake_runs
 from tests.episodes.tiny import TinySource

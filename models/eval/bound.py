@@ -1,0 +1,100 @@
+"""The validation bound: the K-sample NLL bound, the objective's terms and the family's
+classifier on fixed episodes (what training validates with, and ``varmem eval`` reports first).
+
+Runs the parts the family's capabilities allow: the likelihood bound with ``Capability.LIKELIHOOD``,
+accuracy with ``Capability.CLASSIFICATION`` (ties broken at random, seeded: the same classifier as
+the protocol's), the objective's bound and terms always.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+
+from varmem.episodes.sampler import EpisodeBatch
+from varmem.models.base import Batch, Capability, FewShotModel
+from varmem.models.eval.protocol import decodes_per_pass
+
+
+def few_shot_accuracy(model: FewShotModel, batch: EpisodeBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The family's own classifier (``model.classify``: for address models the label with the most
+    q(a|x) mass, VMA §4.3, no fine-tuning; ties at random). Correct or not, float [G, T]."""
+    batch = Batch.of(batch)
+    return (model.classify(batch, generator) == batch.target_labels.cpu()).to(torch.float32)
+
+
+@torch.no_grad()
+def evaluate_bound(
+    model: FewShotModel,
+    batches: Iterable[EpisodeBatch],
+    *,
+    samples: int,
+    num_samples: int,
+    chunk: int,
+    seed: int,
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """The K-sample NLL bound (``log_likelihood`` with ``samples``), the objective's KL parts (with
+    ``num_samples``) and, for models with an address, few-shot accuracy, on fixed episodes.
+
+    Runs under a forked torch RNG seeded with ``seed``: the numbers are reproducible and the
+    caller's RNG stream (the training noise) is untouched.
+    """
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    likelihood = model.supports(Capability.LIKELIHOOD)
+    classifies = model.supports(Capability.CLASSIFICATION)
+    per_episode: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str, values: torch.Tensor) -> None:  # [G, T] → the per-episode means
+        per_episode.setdefault(name, []).append(values.double().mean(1).cpu())
+
+    was_training = model.training
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # the classifier's tie-breaks
+        model.eval()
+        try:
+            done = 0
+            for batch in batches:
+                b = Batch.of(batch.to(device))
+                if likelihood:
+                    # ≤ decodes_per_pass (target, sample) decodes at a time: with the paper-size networks a
+                    # pass of 100 samples × 32 targets held 7.6 GB on the CPU, and passes that large are slower
+                    pass_chunk = max(1, min(chunk, decodes_per_pass(device) // b.targets.shape[:2].numel()))
+                    keep("log_likelihood", model.log_likelihood(b, samples, chunk=pass_chunk))  # [G, T]
+                with torch.no_grad():
+                    obj = model.objective(b, num_samples)
+                if obj.bound is not None:
+                    keep("bound", obj.bound)
+                for name, value in obj.terms.items():
+                    keep(name, value)
+                if classifies:
+                    keep("accuracy", few_shot_accuracy(model, b, generator))
+                done += b.targets.shape[0]
+                if progress is not None:
+                    progress(done)
+        finally:
+            model.train(was_training)
+    out: dict[str, Any] = {"samples": samples, "objective_samples": num_samples}
+    n = 0
+    if "log_likelihood" in per_episode:
+        ll = torch.cat(per_episode.pop("log_likelihood"))  # [episodes]
+        n = ll.numel()
+        out.update(nll_bound=float(-ll.mean()),
+                   nll_bound_stderr=float(ll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"))
+    if "bound" in per_episode:
+        out["objective_nll_bound"] = float(-torch.cat(per_episode.pop("bound")).mean())
+    acc = torch.cat(per_episode.pop("accuracy")) if "accuracy" in per_episode else None
+    for name, values in per_episode.items():
+        out[name] = float(torch.cat(values).mean())
+        n = max(n, sum(v.numel() for v in values))
+    if acc is not None:
+        n = acc.numel()
+        out["accuracy"] = float(acc.mean())
+        out["accuracy_stderr"] = float(acc.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    out["episodes"] = n
+    return out
+
+
