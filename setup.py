@@ -35,6 +35,10 @@ setup(
         "pillow>=10",
         # PyYAML: typed run configs are stored and edited as YAML.
         "pyyaml>=6",
+        # matplotlib (Agg backend): NLL tables, training and scaling curves as plots.
+        "matplotlib>=3.7",
+        # tqdm: progress bars of long commands (data build, eval, search results), quiet off a terminal.
+        "tqdm>=4.64",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2"],
