@@ -137,7 +137,8 @@ class FewShotModel(nn.Module):
     """A few-shot model: trained episodically on :class:`Batch` objects.
 
     Class attributes a family sets:
-      ``capabilities``: the :class:`Capability` values it implements;
+      ``capabilities``: the :class:`Capability` values it implements (an instance may narrow them
+      from its config, e.g. VMA with a learned memory has no labelled entries to classify by);
       ``uses_memory``: False when the memory argument is ignored (the VAE);
       ``min_num_samples``: the smallest K its objective accepts (VMA: 2, for VIMCO);
       ``family``: set by :func:`varmem.models.registry.register`.

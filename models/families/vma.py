@@ -127,6 +127,8 @@ class VMA(FewShotModel):
         self.posterior_head = MLPHead(f_x + f_m, 2 * config.z_dim, hh)  # q(z | x, m_a) on concat(x, m_a)
         self.decoder = build_decoder(config, image_shape, config.z_dim, skips=True)  # p(x | z, m_a)
         self.learned_memory = LearnedMemory(config.learned_memory_size, image_shape) if config.memory == "learned" else None
+        if self.learned_memory is not None:  # learned entries carry no class labels: q(a|x) does not classify
+            self.capabilities = type(self).capabilities - {Capability.CLASSIFICATION}
 
     # -----------------------------------------------------------------------------------------
     # encoders
