@@ -43,5 +43,5 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2"],
     },
-    entry_points={"console_scripts": ["varmem=varmem.distributed.cli:main"]},
+    entry_points={"console_scripts": ["varmem=varmem.cli:main"]},
 )

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             data = workdir / "smoke_tiny"
             if not (data / "manifest.json").is_file():
                 progress(f"building the smoke dataset in {data}")
-                subprocess.run([sys.executable, "-m", "varmem.distributed.cli", "data", "build", *SMOKE_DATA, "--out", str(data),
+                subprocess.run([sys.executable, "-m", "varmem.cli", "data", "build", *SMOKE_DATA, "--out", str(data),
                                 "--quiet"], cwd=REPO, check=True)
 
     rows = [run_case(name, CASES[name], args, data, workdir, repeat) for repeat in range(args.repeats) for name in cases]

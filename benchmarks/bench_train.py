@@ -7,7 +7,7 @@ waiting for episodes, which kernel ops dispatched to which backend, and the mach
 load average before and after the case.
 
 The step is the trainer's own: each case runs ``varmem.distributed.train_loop.train`` with a
-:class:`~distributed.train_loop.TrainContext` whose ``reduce_gradients`` hook (called once per
+:class:`~varmem.distributed.train_loop.TrainContext` whose ``reduce_gradients`` hook (called once per
 step, after backward) records the time. The interval between two calls is one whole iteration
 of the loop: clipping and the Adam step of one step, then the next step's episodes, objective
 (``training_objective``) and backward. The first ``--warmup`` intervals are left out. Validation

@@ -1,47 +1,24 @@
-"""The ``varmem`` command line: one parser, subcommands contributed by each package.
+"""What every ``varmem`` subcommand shares: how it is declared (:func:`add_command`, and
+:func:`module_main` for its ``python -m`` form), how it runs (:func:`run_command`), ``--plugin``.
 
 Errors a user can fix (bad paths, bad specs, bad configs, an unavailable kernel backend) are
-printed as one ``varmem: error: ...`` line with exit status 2, never as a traceback.
+printed as one ``varmem: error: ...`` line with exit status 2, never as a traceback; Ctrl-C is 130.
+The subcommands of this layer (``varmem train``, ``eval``, ``compare``, ``tune``) are in
+distributed/cli_train.py, distributed/cli_eval.py and distributed/search/cli.py; the ``varmem``
+command itself is assembled in varmem/cli.py, the layer above every package.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="varmem",
-        description="Memory-augmented generative few-shot models: data, kernels, training.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from varmem.episodes.cli import add_data_command
-
-    add_data_command(sub)
-    from varmem.distributed.cli_train import add_train_commands
-
-    add_train_commands(sub)
-    from varmem.distributed.cli_eval import add_eval_commands
-
-    add_eval_commands(sub)
-    from varmem.distributed.tune import add_tune_command
-
-    add_tune_command(sub)
-    try:
-        from varmem.benchmarks.cli import add_bench_command
-    except ImportError:  # benchmarks are not installed in every layout
-        add_bench_command = None
-    if add_bench_command is not None:
-        add_bench_command(sub)
-    return parser
+from typing import Callable
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is the whole story for the user."""
-    from varmem.episodes.errors import DataError
-
     from varmem.distributed.config import ConfigError, TrainingDiverged
+    from varmem.episodes.errors import DataError
 
     errors: list[type[BaseException]] = [DataError, ConfigError, TrainingDiverged, FileNotFoundError]
     try:
@@ -63,6 +40,23 @@ def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE", help=PLUGIN_HELP)
 
 
+def add_command(sub: argparse._SubParsersAction, name: str, *, help: str, description: str,
+                arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]) -> None:
+    """Subcommand ``varmem NAME``: its flags from ``arguments(parser)``, run by ``run(args)``."""
+    p = sub.add_parser(name, help=help, description=description)
+    arguments(p)
+    p.set_defaults(func=run)
+
+
+def module_main(prog: str, description: str, arguments: Callable[[argparse.ArgumentParser], None],
+                run: Callable[[argparse.Namespace], int], argv: list[str] | None = None) -> int:
+    """A subcommand as ``python -m MODULE`` (the form ``ray job submit`` runs): the same flags, the same
+    one-line errors and exit statuses as ``varmem NAME``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    arguments(parser)
+    return run_command(run, parser.parse_args(argv))
+
+
 def run_command(func, args: argparse.Namespace) -> int:
     """Run a subcommand: a user error is one ``varmem: error:`` line and status 2, Ctrl-C is 130."""
     try:
@@ -80,12 +74,3 @@ def run_command(func, args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `varmem ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(args.func, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,10 @@
 """``varmem eval`` and ``varmem compare``.
 
-    varmem eval RUN_DIR [--samples K] [--episodes N] [--bound-episodes N] [--seed S] [--checkpoint FILE] [--json]
-                [--out-dir DIR] [--lake-runs DIR] [--no-pictures] [--classification-episodes N]
-                [--likelihood-episodes N] [--likelihood-samples K] [--tasks 5x1,20x1|none] [--tables all|examples|classes|none] [--save FILE]
-    varmem compare LABEL=EVAL.json ... [--out-dir DIR] [--markdown]   (runs side by side; the NLL plots)
+    varmem eval RUN_DIR [--data DIR] [--split NAME] [--samples K] [--episodes N] [--bound-episodes N] [--seed S]
+                [--checkpoint FILE] [--json] [--quiet] [--out-dir DIR] [--lake-runs DIR] [--no-pictures]
+                [--classification-episodes N] [--likelihood-episodes N] [--likelihood-samples K]
+                [--tasks 5x1,20x1|none] [--tables all|examples|classes|none] [--save FILE]
+    varmem compare LABEL=EVAL.json ... [--out-dir DIR] [--markdown] [--force]   (runs side by side; the NLL plots)
 
 Nothing here imports torch until a command runs.
 """
@@ -15,16 +16,20 @@ from pathlib import Path
 
 from varmem.distributed.cli import add_plugin_argument
 
-# keys of evaluate_run's result that are not the family's objective terms
-OBJECTIVE_BOOKKEEPING = ("nll_bound", "nll_bound_stderr", "objective_nll_bound", "accuracy", "accuracy_stderr", "seed",
-                         "samples", "objective_samples", "episodes", "step")
-
 
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="test NLL bound, KL parts and few-shot accuracy of a trained run",
-                       description="Evaluate the newest checkpoint of RUN_DIR on fixed, seeded episodes of its eval split.")
+                       description="Evaluate the newest checkpoint of RUN_DIR on fixed, seeded episodes of its eval split, "
+                                   "or of any dataset of the same image size (--data). Prints what it will cost first.")
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     add_plugin_argument(e)
+    e.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="evaluate on this dataset (same image size as the run's) instead of the run's own; "
+                        "the training dataset need not be present")
+    e.add_argument("--split", default=None, metavar="NAME",
+                   help="the split to evaluate on (default: the run's eval split if the dataset has it, else the "
+                        "dataset's evaluation split)")
+    e.add_argument("--quiet", action="store_true", help="no cost table, progress bars or progress lines (results only)")
     e.add_argument("--samples", type=int, default=1000, help="importance samples K of the NLL bound")
     e.add_argument("--episodes", type=int, default=100,
                    help="evaluation episodes: of the config's episode.eval shape for the headline bound, and per NLL table")
@@ -61,6 +66,8 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out-dir", type=Path, default=None,
                    help="write nll_vs_examples.png and nll_vs_classes.png here")
     c.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    c.add_argument("--force", action="store_true",
+                   help="show results of different datasets, splits or K side by side (labelled as not comparable)")
     c.set_defaults(func=_compare)
 
 
@@ -87,10 +94,11 @@ def _labelled_file(text: str) -> tuple[str, Path]:
 
 def _compare(args: argparse.Namespace) -> int:
     from varmem.episodes.errors import DataError
-    from varmem.episodes.show import save_png
-    from varmem.models.eval.protocol import format_comparison, nll_comparison_plot
+    from varmem.models.eval.plots import nll_comparison_plot
+    from varmem.models.eval.report import comparison_problems, format_comparison, run_info
+    from varmem.plotting import save_figure
 
-    results = []
+    results, infos = [], []
     for label, path in args.evals:
         try:
             data = json.loads(path.read_text())
@@ -102,18 +110,26 @@ def _compare(args: argparse.Namespace) -> int:
         if not isinstance(protocol, dict):
             raise DataError(f"{path}: no \"protocol\" field: not the output of `varmem eval --save` / `--json`")
         results.append((label, protocol))
-    print(format_comparison(results, markdown=args.markdown))
+        infos.append(run_info(label, data))
+    problems = comparison_problems(infos)
+    if problems and not args.force:
+        raise DataError(f"cannot compare these evaluations: {'; '.join(problems)}: evaluate every run on the same "
+                        "dataset, split and K (varmem eval --data DIR --split NAME --samples K), or pass --force")
+    if problems:
+        print(f"NOT COMPARABLE (--force): {'; '.join(problems)}")
+    print(format_comparison(results, markdown=args.markdown, infos=infos))
     if args.out_dir is not None:
         for table in ("examples", "classes"):
             if any(res.get(f"nll_vs_{table}") for _, res in results):
-                print(save_png(nll_comparison_plot(results, table), args.out_dir / f"nll_vs_{table}.png"))
+                print(save_figure(nll_comparison_plot(results, table), args.out_dir / f"nll_vs_{table}.png"))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from varmem.distributed.run import evaluate_run, load_run
+    from varmem.models.eval.report import format_headline, format_tables
 
-    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device, data=args.data)
     options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,
                "classification_episodes": args.classification_episodes, "likelihood_episodes": args.likelihood_episodes,
                "likelihood_samples": args.likelihood_samples, "tables": {"all": True, "none": False}.get(args.tables, (args.tables,))}
@@ -121,8 +137,8 @@ def _eval(args: argparse.Namespace) -> int:
         options["classification"] = False
     elif args.tasks is not None:
         options["tasks"] = args.tasks
-    result = evaluate_run(run, samples=args.samples, episodes=args.episodes, seed=args.seed, progress=True,
-                          protocol_options=options, bound_episodes=args.bound_episodes)
+    result = evaluate_run(run, samples=args.samples, episodes=args.episodes, seed=args.seed, split=args.split,
+                          progress=not args.quiet, protocol_options=options, bound_episodes=args.bound_episodes)
     if args.save is not None:
         from varmem.episodes.files import atomic_write_text
 
@@ -130,27 +146,6 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    ep = result["episode"]
-    shape = f"{ep['ways']}-way, {ep['shots']} shots, {ep['targets']} targets" + (
-        f", {ep['distractors']} distractor classes" if ep["distractors"] else "") + (", targets from memory" if ep["targets_from_memory"] else "")
-    print(f"{result['run_dir']} at step {result['step']} ({Path(result['checkpoint']).name})")
-    print(f"  {result['episodes']} episodes of {result['split']} ({shape}), seed {result['seed']}")
-    if "nll_bound" in result:
-        print(f"  NLL bound (K={result['samples']})       {result['nll_bound']:10.3f} ± {result['nll_bound_stderr']:.3f} nats")
-    if "objective_nll_bound" in result:
-        print(f"  NLL bound (K={result['objective_samples']}, objective)  {result['objective_nll_bound']:10.3f} nats")
-    labels = {"reconstruction": "−E log p(x|...) (reconstruction)", "kl_address": "KL(q(a|x) || p(a))",
-              "kl_latent": "KL(q(z|...) || p(z|...))"}
-    for key, value in result.items():  # the family's objective terms, by name
-        if key in OBJECTIVE_BOOKKEEPING or not isinstance(value, float):
-            continue
-        value = -value if key == "reconstruction" else value
-        print(f"    {labels.get(key, key):<28} {value:10.3f}")
-    if "accuracy" in result:
-        print(f"  few-shot accuracy ({run.model.family}'s classifier) {100 * result['accuracy']:9.2f} ± {100 * result['accuracy_stderr']:.2f} %")
-    if "protocol" in result:
-        from varmem.models.eval.protocol import format_tables
-
-        print(format_tables(result["protocol"]))
+    print(format_headline(result, run.model.family))
+    print(format_tables(result["protocol"]))
     return 0
-

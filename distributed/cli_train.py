@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from varmem.distributed.cli import add_plugin_argument
+from varmem.distributed.cli import add_command, add_plugin_argument
 
 
 TRAIN_DESCRIPTION = ("Train the model of a YAML run config; see configs/ for examples. --workers 0 (the default) "
@@ -21,10 +21,9 @@ TRAIN_DESCRIPTION = ("Train the model of a YAML run config; see configs/ for exa
 
 
 def add_train_commands(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a model from a run config (in-process, or Ray Train DDP with --workers N)",
-                       description=TRAIN_DESCRIPTION)
-    add_train_arguments(t)
-    t.set_defaults(func=_train)
+    add_command(sub, "train", help="train a model from a run config (in-process, or Ray Train DDP with --workers N)",
+                description=TRAIN_DESCRIPTION, arguments=add_train_arguments, run=_train)
+
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
     """The flags of ``varmem train`` (shared with ``python -m varmem.distributed.train``)."""

@@ -2,7 +2,7 @@
 
 A run config has six sections::
 
-    data      where the episodes come from: dataset directory, expected image size, splits, binarization
+    data      where the episodes come from: dataset directory, expected image size, splits (or roles), binarization
     episode   the training and evaluation episode shapes (ways, shots, targets, ...)
     model     the model family (``name``) and its typed config (``varmem.models.registry``)
     optim     Adam and gradient clipping
@@ -48,16 +48,20 @@ class DataConfig(Section):
 
     dir: str = "data/strokes26"  # dataset directory (`varmem data build ... --out DIR`)
     image_size: int = 26  # checked against the dataset's manifest before training; 0 = accept any
-    train_split: str = "background"  # split of the training episodes
-    eval_split: str = "evaluation"  # split of the validation and evaluation episodes
+    # The splits of the training and of the validation/evaluation episodes: a split name, or a role that
+    # every dataset maps to its own split (varmem.episodes.roles): "train" (background | train) and "eval"
+    # (evaluation | test). A name the dataset lacks resolves through its role, so these defaults train and
+    # validate on a release build (background/evaluation) and on an --split alphabets|characters build (train/test).
+    train_split: str = "background"
+    eval_split: str = "evaluation"
     binarize: str = "none"  # "none" (grey levels in [0, 1]) | "static" (> threshold) | "dynamic" (Bernoulli(pixel))
     threshold: float = 0.5  # for binarize: static
 
     def validate(self) -> None:
         self._require(bool(self.dir), "dir", "a dataset directory")
         self._require(self.image_size >= 0, "image_size", "≥ 0 (0 = any)")
-        self._require(bool(self.train_split), "train_split", "a split name")
-        self._require(bool(self.eval_split), "eval_split", "a split name")
+        self._require(bool(self.train_split), "train_split", "a split name or a role (train, eval)")
+        self._require(bool(self.eval_split), "eval_split", "a split name or a role (train, eval)")
         self._require(self.binarize in BINARIZE_MODES, "binarize", f"one of {', '.join(BINARIZE_MODES)}")
         self._require(0.0 <= self.threshold <= 1.0, "threshold", "in [0, 1]")
 
@@ -341,6 +345,19 @@ class RunConfig:
 
     def _spec(self, shape: EpisodeShape, split: str) -> EpisodeSpec:
         return EpisodeSpec(split=split, binarize=self.data.binarize, threshold=self.data.threshold, **dataclasses.asdict(shape))
+
+    def resolve_splits(self, dataset: Any) -> "RunConfig":
+        """A copy whose ``data.train_split`` / ``data.eval_split`` are the splits they name in ``dataset``
+        (a :class:`varmem.episodes.dataset.Dataset`): a role, or a name the dataset lacks, becomes the split
+        of its role there. ConfigError naming the field, the dataset, the role and its splits otherwise.
+        Resolve where the dataset is opened; the saved config keeps the names as written."""
+        resolved = {}
+        for key in ("train_split", "eval_split"):
+            try:
+                resolved[key] = dataset.resolve_split(getattr(self.data, key))
+            except DataError as exc:
+                raise ConfigError(f"data.{key}: {exc}") from None
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, **resolved))
 
     def resolve_paths(self, base: str | Path | None = None) -> "RunConfig":
         """A copy with ``data.dir`` and ``run.out`` absolute (relative to ``base``, default the working

@@ -23,26 +23,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from varmem.distributed import cluster
+from varmem.distributed.cluster import RAY_ENV_DEFAULTS
 from varmem.distributed.config import ConfigError, RunConfig, TrainingDiverged
-from varmem.distributed.train_loop import FINAL_FILE, build_model, check_run, clear_run_dir
+from varmem.distributed.resume import check_run
+from varmem.distributed.run import build_model
+from varmem.distributed.rundir import FINAL_FILE, clear_run_dir
 from varmem.episodes.errors import DataError
 
 RAY_DIR = "ray"  # Ray Train's storage inside the run directory
 DEFAULT_MAX_FAILURES = 2
-
-# Quiet, quick Ray defaults for clusters this driver starts (a user's environment wins):
-# no duplicated prints from the print patch, health checks at 0.2 s (a 2-worker fit of a tiny model
-# took 19–25 s with it against 30–38 s with the default, notes/ray.md).
-RAY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
 @dataclass(frozen=True)
@@ -96,9 +93,8 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
     # 2. the cluster and its resources
     import ray
 
-    started = _connect(ray, launch.address)
-    try:
-        cluster = check_resources(ray, launch)
+    with cluster.connected(launch.address):
+        resources = cluster.check_resources(launch.workers, launch.cpus_per_worker, launch.gpus_per_worker)
         from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
         from ray.train import RunConfig as RayRunConfig
         from ray.train import TrainingFailedError
@@ -116,7 +112,7 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
         name = _dt.datetime.now().strftime("fit-%Y%m%d-%H%M%S-%f")
 
         tc = config.train
-        emit(f"Ray {ray.__version__}: cluster {cluster['address']} with {cluster['CPU']:g} CPUs, {cluster['GPU']:g} GPUs; "
+        emit(f"Ray {ray.__version__}: cluster {resources['address']} with {resources['CPU']:g} CPUs, {resources['GPU']:g} GPUs; "
              f"{launch.workers} worker(s) × ({launch.cpus_per_worker:g} CPU, {launch.gpus_per_worker:g} GPU), "
              f"DDP over {launch.backend}, "
              f"{'restarts' if launch.max_failures < 0 else f'up to {launch.max_failures} restart(s)'} from the last checkpoint")
@@ -154,70 +150,11 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
         final = json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
         final["ray"] = {
             "storage": str(storage / name), "fit_s": time.perf_counter() - t0, "workers": launch.workers,
-            "gpus_per_worker": launch.gpus_per_worker, "backend": launch.backend, "address": cluster["address"],
+            "gpus_per_worker": launch.gpus_per_worker, "backend": launch.backend, "address": resources["address"],
             "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
         }
         emit(f"Ray fit done in {final['ray']['fit_s']:.0f} s; its checkpoints: {storage / name}")
         return final
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _connect(ray, address: str | None) -> bool:
-    """Join ``address`` (else RAY_ADDRESS, which a ``ray job submit`` driver has), else start a private
-    cluster on this machine for the run ("local": never an earlier ``ray start`` found through Ray's
-    address file, which outlives a killed cluster and made ``ray.init()`` retry for minutes here).
-    True when this call made the connection (and so shuts it down)."""
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    _probe(address)
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
-    except ConnectionError as exc:
-        raise ConfigError(f"cannot reach a Ray cluster at {address}: {exc} (start one with `ray start --head`, "
-                          "or leave --address out to start one for the run)") from None
-    return True
-
-
-def _probe(address: str, timeout_s: float = 3.0) -> None:
-    """A ``host:port`` address that refuses connections fails now, not after Ray's minutes of retries."""
-    host, sep, port = address.rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return  # "local", "auto", "ray://...": Ray's own resolution
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise ConfigError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc} "
-                          "(start one with `ray start --head`, or leave --address out to start one for the run)") from None
-
-
-def check_resources(ray, launch: Launch) -> dict[str, Any]:
-    """The cluster's totals; ConfigError when the launch asks for more CPUs or GPUs than the cluster
-    has, in all or on any one node (Ray would otherwise wait for them forever)."""
-    total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
-    address = ray.get_runtime_context().gcs_address
-    asks = []
-    if launch.workers * launch.cpus_per_worker > cpus:
-        asks.append(f"{launch.workers} worker(s) × {launch.cpus_per_worker:g} CPU = {launch.workers * launch.cpus_per_worker:g} CPUs "
-                    f"but it has {cpus:g}")
-    if launch.workers * launch.gpus_per_worker > gpus:
-        asks.append(f"{launch.workers} worker(s) × {launch.gpus_per_worker:g} GPU = {launch.workers * launch.gpus_per_worker:g} GPUs "
-                    f"but it has {gpus:g}")
-    if not asks:
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        if nodes and not any(n.get("CPU", 0) >= launch.cpus_per_worker and n.get("GPU", 0) >= launch.gpus_per_worker
-                             for n in nodes):
-            asks.append(f"one worker needs {launch.cpus_per_worker:g} CPU and {launch.gpus_per_worker:g} GPU on one node, "
-                        "and no node has that")
-    if asks:
-        raise ConfigError(f"the Ray cluster at {address} cannot hold this run: " + "; ".join(asks)
-                          + " (lower --workers or --gpus-per-worker, or add resources to the cluster)")
-    return {"address": address, "CPU": cpus, "GPU": gpus}
 
 
 def _user_error(exc: BaseException) -> BaseException | None:

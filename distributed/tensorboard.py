@@ -9,20 +9,18 @@ directory). Tags::
     perf/episodes_per_s  perf/data_wait                     (data_wait: share of step time waiting for episodes)
     val/<name>    for every value of the validation row: nll_bound (± stderr), the terms, accuracy
     val/memory_use  val/accuracy                             (every val_every steps and at the end)
-    samples/one_shot   (image) exemplar | samples from p(x | M = {exemplar}), one row per class
+    samples/one_shot_means (image) exemplar | Bernoulli means of draws from p(x | M = {exemplar}), one row per class
     address/q_a_top5   (image) targets and their 5 most probable memory entries under q(a|x)
     hparams            the run's config (flattened, ``section.key``) with final/* metrics
 
 memory_use = KL(q(a|x) || p(a)) / log|M|: 0 when the addresses follow the prior, 1 when each
 target picks one entry of a memory whose prior is uniform.
 
-Pictures come from ``varmem.models.eval.protocol`` (``sample_grid``, ``address_picture``) when that module
-is importable; without it no pictures are written.
+Pictures come from ``varmem.models.eval.pictures`` (``sample_grid``, ``address_picture``), each
+titled with what it shows.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -51,7 +49,6 @@ class RunWriter:
         # purge_step: a resumed run hides events at steps ≥ purge_step from the attempt it replaces
         self.log_dir = Path(log_dir).resolve()
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step, flush_secs=flush_secs)
-        self._pictures = _evaluation_pictures()
 
     def train(self, row: dict[str, Any], step: int) -> None:
         self._scalars("train", row_tags(row, PERF_TAGS), row, step)
@@ -62,16 +59,18 @@ class RunWriter:
         self.writer.flush()
 
     def pictures(self, model, dataset, config, step: int) -> None:
-        """One-shot sample grid and (address models) the q(a|x) picture on the eval split; the
-        training RNG is left alone (the picture functions fork it)."""
-        if self._pictures is None:
-            return
-        sample_grid, address_picture, methods_for = self._pictures
+        """One-shot sample grid (Bernoulli means; models that sample) and the q(a|x) picture (address models
+        that read the episode's memory) on the eval split; the training RNG is left alone (the picture
+        functions fork it)."""
+        from varmem.models.eval.capabilities import why_not
+        from varmem.models.eval.pictures import address_picture, sample_grid
+
         data = {"binarize": config.data.binarize, "threshold": config.data.threshold}
-        split = config.data.eval_split
-        grid = sample_grid(model, dataset, split, rows=8, samples=10, seed=PICTURE_SEED, **data)
-        self.writer.add_image("samples/one_shot", grid, step, dataformats="HW")
-        if methods_for(model)["q_a"] is None and getattr(model, "uses_memory", True):
+        split, reasons = config.data.eval_split, why_not(model)
+        if reasons["samples"] is None:
+            grid = sample_grid(model, dataset, split, rows=8, samples=10, seed=PICTURE_SEED, kind="mean", **data)
+            self.writer.add_image("samples/one_shot_means", grid, step, dataformats="HW")
+        if reasons["address_picture"] is None:
             shape = config.episode.eval
             pic = address_picture(model, dataset, split, targets=6, ways=shape.ways, shots=shape.shots, top=5,
                                   seed=PICTURE_SEED, **data)
@@ -123,14 +122,3 @@ def _hparam_value(value: Any) -> Any:
     if isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-def _evaluation_pictures():
-    """(sample_grid, address_picture, methods_for) from models.evaluation, or None without it."""
-    if importlib.util.find_spec("varmem.models.eval.protocol") is None:
-        return None
-    module = importlib.import_module("varmem.models.eval.protocol")
-    try:
-        return module.sample_grid, module.address_picture, module.methods_for
-    except AttributeError:
-        return None

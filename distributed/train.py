@@ -10,17 +10,14 @@ job the working directory is Ray's temporary copy of the submitted one: give abs
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from varmem.distributed.cli import run_command
+from varmem.distributed.cli import module_main
 from varmem.distributed.cli_train import TRAIN_DESCRIPTION, _train, add_train_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m varmem.distributed.train", description=TRAIN_DESCRIPTION)
-    add_train_arguments(parser)
-    return run_command(_train, parser.parse_args(argv))
+    return module_main("python -m varmem.distributed.train", TRAIN_DESCRIPTION, add_train_arguments, _train, argv)
 
 
 if __name__ == "__main__":

@@ -4,73 +4,57 @@ One loop for every setting: ``varmem train`` calls it in-process (rank 0 of 1), 
 worker calls the same function with a :class:`TrainContext` that carries its rank, world size,
 device and report callback. Everything a run does follows from the config:
 
-* seeds: torch, numpy and Python are seeded with ``train.seed`` before the model is built (the
-  same initial parameters on every rank); the training noise is seeded per episode by (seed,
-  global episode index) (``train.noise: episode``, the default: the same run whatever the
-  number of workers) or per rank by (seed, rank) (``train.noise: rank``); episodes are a pure
-  function of (dataset, spec, seed, episode index);
-* steps: ``EpisodeStream`` batch → ``model.objective(memory, targets, K)`` → backward → the
-  context's gradient all-reduce (a no-op in-process) → global-norm clipping → Adam;
-* every ``log_every`` steps a progress line, a ``metrics.jsonl`` row and TensorBoard scalars;
-  every ``val_every`` steps the validation NLL bound on fixed seeded episodes of the eval split,
-  computed with its own forked torch RNG so that validating never changes the training
-  trajectory, and TensorBoard pictures (one-shot samples, q(a|x));
-* every ``checkpoint_every`` steps and at the end an atomic checkpoint (``.tmp`` then rename)
-  holding model, optimizer, step, config, every rank's torch/numpy/Python RNG states and the
-  stream state; the newest ``keep_checkpoints`` are kept;
+* seeds (distributed/seeding.py): torch, numpy and Python are seeded with ``train.seed`` before
+  the model is built (the same initial parameters on every rank); the training noise is seeded per
+  episode (``train.noise: episode``, the default: the same run whatever the number of workers) or
+  per rank (``train.noise: rank``); episodes are a pure function of (dataset, spec, seed, index);
+* steps (:meth:`Trainer.step`): ``EpisodeStream`` batch → ``model.objective(batch, K)`` →
+  backward → the context's gradient all-reduce (a no-op in-process) → global-norm clipping → Adam;
+* every ``log_every`` steps (:meth:`Trainer.log`) a progress line, a ``metrics.jsonl`` row and
+  TensorBoard scalars; every ``val_every`` steps (:meth:`Trainer.validate`) the validation bound on
+  fixed seeded episodes of the eval split, computed with its own forked torch RNG so that validating
+  never changes the training trajectory, and TensorBoard pictures (one-shot samples, q(a|x));
+* every ``checkpoint_every`` steps and at the end (:meth:`Trainer.checkpoint`) an atomic
+  checkpoint holding model, optimizer, step, config, image shape, every rank's RNG states and the
+  stream state; the newest ``keep_checkpoints`` are kept (distributed/rundir.py);
 * ``resume=True`` continues from the newest checkpoint in the run directory exactly: the same
   episodes, the same noise, the same parameters, step for step, as a run that never stopped.
 
-Run directory::
-
-    RUN_DIR/config.yaml              the full config, every default filled in
-    RUN_DIR/checkpoints/ckpt-00001000.pt
-    RUN_DIR/metrics.jsonl            one JSON object per log line ("kind": "train" | "val")
-    RUN_DIR/final_metrics.json       written at the end (atomically)
-    RUN_DIR/tensorboard/             TensorBoard events (``run.tensorboard``; see distributed/tensorboard.py)
-    RUN_DIR/ray/                     Ray Train's storage of a ``--workers N`` run (distributed/ray_train.py)
+The run directory's files are listed in distributed/rundir.py.
 """
 from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from varmem.distributed.config import (
-    ConfigError,
-    RunConfig,
-    TrainingDiverged,
-    atomic_write_text,
+from varmem.distributed.config import RunConfig, TrainingDiverged, atomic_write_text
+from varmem.distributed.resume import check_run
+from varmem.distributed.run import build_model, build_optimizer, resolve_device
+from varmem.distributed.rundir import (
+    CHECKPOINT_DIR, CHECKPOINT_FORMAT, FINAL_FILE, METRICS_FILE, TENSORBOARD_DIR, append_jsonl, checkpoint_path,
+    clear_run_dir, latest_checkpoint, prune_checkpoints, save_checkpoint, truncate_metrics,
 )
+from varmem.distributed.seeding import episode_noise_seed, noise_seed, rng_state, seed_everything, set_rng_state
+from varmem.distributed.validation import validation_batches
 from varmem.episodes.dataset import Dataset
 from varmem.episodes.sampler import EpisodeBatch
 from varmem.episodes.stream import EpisodeStream
 from varmem.models.base import Batch, FewShotModel, Objective
-from varmem.models.eval.bound import evaluate_bound, few_shot_accuracy  # noqa: F401  (re-exported)
-from varmem.distributed.run import build_model, build_optimizer, open_dataset, resolve_device  # noqa: F401
-from varmem.distributed.rundir import (  # noqa: F401  (re-exported)
-    CHECKPOINT_DIR, CHECKPOINT_FORMAT, FINAL_FILE, METRICS_FILE, TENSORBOARD_DIR, _append_jsonl, _fmt_time, _truncate_metrics,
-    checkpoint_path, checkpoint_step, clear_run_dir, latest_checkpoint, list_checkpoints, load_checkpoint,
-    prune_checkpoints, save_checkpoint,
-)
-from varmem.distributed.validation import eval_batches, validation_batches  # noqa: F401
+from varmem.models.eval.bound import evaluate_bound
+from varmem.progress import format_duration, milestones
 
-# Fields that may change when a run is resumed: they do not change the training trajectory.
-RESUMABLE_CHANGES = (
-    "train.steps", "train.log_every", "train.val_every", "train.val_episodes", "train.val_samples", "train.val_seed",
-    "train.eval_batch", "train.chunk", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
-    "data.dir", "run.out", "run.tensorboard",
-)
 # Keys of a validation row that are bookkeeping, not the model's values.
 VAL_BOOKKEEPING = ("kind", "step", "samples", "objective_samples", "episodes", "nll_bound", "nll_bound_stderr", "accuracy_stderr")
+# A validation that takes longer than this says how far it is, every tenth of its episodes (a user's
+# final validation of a paper-size model printed nothing for 7.5 minutes).
+VALIDATION_PROGRESS_AFTER_S = 10.0
 
 
 # --- the context: where the loop runs ---------------------------------------------------------
@@ -124,56 +108,7 @@ class TrainContext:
             print(line, flush=True)
 
 
-# --- seeding and RNG state --------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, numpy's global RNG and torch (every device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def noise_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s training noise (posterior samples): distinct per rank, fixed by the config."""
-    return int(np.random.SeedSequence([seed, rank, 0x766D]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def episode_noise_seed(seed: int, index: int) -> int:
-    """The seed of the training noise of the episode with global index ``index`` (``train.noise: episode``)."""
-    return int(np.random.SeedSequence([seed, index, 0x6570]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """Every global RNG state the loop depends on, in types that ``torch.load(weights_only=True)`` reads."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-# --- data and model ---------------------------------------------------------------------------
-
-
-# --- the objective of a training step ---------------------------------------------------------
+# --- one step's objective and values ----------------------------------------------------------
 
 
 def training_objective(model: FewShotModel, batch: EpisodeBatch, indices: list[int], num_samples: int, *,
@@ -197,12 +132,6 @@ def training_objective(model: FewShotModel, batch: EpisodeBatch, indices: list[i
     return Objective.concat(parts)  # loss: the mean of the episodes' losses; bound and terms [G, T]
 
 
-# --- evaluation of a bound --------------------------------------------------------------------
-
-
-# --- the loop ---------------------------------------------------------------------------------
-
-
 def step_values(obj: Objective, grad_norm: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     """The names and values (one float64 vector, no device sync) a step adds to its logging window:
     the loss, the bound when the family has one, the family's terms by name, the gradient norm."""
@@ -223,28 +152,17 @@ def describe_values(values: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
-def check_run(config: RunConfig, *, resume: bool | str | Path = False,
-              overwrite: bool = False) -> tuple[Dataset, Path | None, dict[str, Any] | None]:
-    """The checks of a run that need no writes: the dataset (image size, splits able to supply the
-    episodes), the checkpoint to resume from and its compatibility, a fresh run's empty run directory.
-    Returns (dataset, checkpoint path, checkpoint state); both None for a fresh run. The Ray driver
-    calls it before any worker starts; :func:`train` calls it first."""
-    config = config.resolve_paths()
-    run_dir = Path(config.run.out)
-    dataset = open_dataset(config)
-    if resume:
-        source = latest_checkpoint(run_dir) if resume is True else Path(resume)
-        if source is None:
-            raise ConfigError(f"nothing to resume: {run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt "
-                              "(start the run without --resume)")
-        ckpt = load_checkpoint(source)
-        _check_resumable(config, ckpt, source)
-        return dataset, source, ckpt
-    if list_checkpoints(run_dir) and not overwrite:
-        last = list_checkpoints(run_dir)[-1][0]
-        raise ConfigError(f"run.out {run_dir} already holds checkpoints (up to step {last}): "
-                          "pass --resume to continue that run or --overwrite to start it again")
-    return dataset, None, None
+def memory_use(row: dict[str, Any], log_m: float) -> dict[str, float]:
+    """KL(q(a|x) || p(a)) / log|M|: the share of the memory's capacity the addresses use (address models)."""
+    return {"memory_use": row["kl_address"] / log_m} if "kl_address" in row and log_m > 0 else {}
+
+
+def unwrap(model: torch.nn.Module) -> FewShotModel:
+    """The model inside a DDP-style wrapper (``.module``), or the model itself."""
+    return getattr(model, "module", model)
+
+
+# --- the loop ---------------------------------------------------------------------------------
 
 
 def train(
@@ -265,251 +183,299 @@ def train(
     context = context or TrainContext()
     config = config.resolve_paths()
     tc = config.train
-    run_dir = Path(config.run.out)
     device = resolve_device(context.device, config)
+    dataset, source, ckpt = check_run(config, resume=resume, overwrite=overwrite)  # nothing written yet
+    trainer = Trainer(config, dataset, ckpt, context, device)  # the state at the step the run starts from
+    trainer.prepare_run_dir(clear=overwrite and not resume)
+    if ckpt is not None and trainer.start == tc.steps and (trainer.run_dir / FINAL_FILE).is_file():
+        return trainer.complete()
+    trainer.open_writer()
+    step = trainer.start
+    try:
+        for step in range(trainer.start + 1, tc.steps + 1):
+            trainer.step()
+            is_ckpt = step % tc.checkpoint_every == 0 or step == tc.steps
+            if step % tc.log_every == 0 or step == tc.steps:
+                trainer.log(step, report=not is_ckpt)  # a checkpoint reports with its own metrics
+            elif is_ckpt:  # never checkpoint a diverged model
+                trainer.check_finite(trainer.window.means(context), step)
+            if (tc.val_every and step % tc.val_every == 0) or step == tc.steps:
+                trainer.validate(step)
+            if is_ckpt:
+                trainer.checkpoint(step)
+        if step == trainer.start and ckpt is not None:  # resumed at the last step: only the final validation is missing
+            trainer.validate(step)
+            trainer.last_ckpt = source
+    except BaseException:
+        trainer.close_writer()
+        raise
+    finally:
+        trainer.stream.close()
+    return trainer.finish(step, started_at)
 
-    # 1. checks that need no writes ---------------------------------------------------------
-    dataset, source, ckpt = check_run(config, resume=resume, overwrite=overwrite)
-    start = int(ckpt["step"]) if ckpt else 0
 
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    seed_everything(tc.seed)  # the same initial parameters on every rank
-    model = build_model(config, dataset.image_shape).to(device)
-    optimizer = build_optimizer(model, config.optim)
-    params = [p for group in optimizer.param_groups for p in group["params"]]  # the trainable ones
-    seed_everything(noise_seed(tc.seed, context.rank))  # the training noise: per rank
-    stream = EpisodeStream(dataset, config.train_spec(), seed=tc.seed, rank=context.rank, world_size=context.world_size,
-                           batch=tc.episodes_per_step, pin_memory=device.type == "cuda")
-    elapsed_before = 0.0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        stream.load_state_dict(ckpt["stream"])
-        rng = ckpt["rng_by_rank"].get(context.rank)
-        if rng is not None:
-            set_rng_state(rng, device)
-        else:  # a rank the checkpoint has no state for (a new world size): a fresh, config-derived stream
-            seed_everything(noise_seed(tc.seed + start, context.rank))
-        elapsed_before = float(ckpt.get("elapsed_s", 0.0))
-    model = context.prepare_model(model)
-    val_batches = validation_batches(dataset, config, tc.val_episodes, tc.val_seed) if context.is_main else []
+class LogWindow:
+    """The steps since the last log line: the sums of their :func:`step_values`, their wall-clock
+    time, the share of it spent waiting for episodes, and the pauses (validation, checkpoints) in it."""
 
-    # 2. the run directory -----------------------------------------------------------------------
-    metrics_path = run_dir / METRICS_FILE
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
-            clear_run_dir(run_dir)
-        if ckpt is None:  # a fresh run: no events of an earlier attempt
-            shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
-        for stale in (run_dir / CHECKPOINT_DIR).glob("*.tmp"):
-            stale.unlink(missing_ok=True)
-        config.save(run_dir)
+    def __init__(self, stream: EpisodeStream):
+        self.stream = stream
+        self.sums: torch.Tensor | None = None  # float64 [values]
+        self.names: list[str] = []
+        self.reset()
+
+    def reset(self) -> None:
+        if self.sums is not None:
+            self.sums.zero_()
+        self.steps, self.paused = 0, 0.0
+        self.t0, self.wait0 = time.perf_counter(), self.stream.wait_seconds
+
+    def add(self, names: list[str], values: torch.Tensor, family: str) -> None:
+        if self.sums is None or names != self.names:
+            if self.sums is not None and self.steps:
+                raise RuntimeError(f"{family}: the objective's terms changed from {self.names} to {names}")
+            self.sums, self.names = torch.zeros_like(values), names
+        self.sums += values
+        self.steps += 1
+
+    def means(self, context: TrainContext) -> dict[str, float]:
+        """The window's mean values over its steps and the ranks (a collective: every rank calls it)."""
+        return dict(zip(self.names, context.reduce_metrics(self.sums / self.steps).tolist()))
+
+    def seconds(self) -> float:
+        """Training time in the window: wall-clock less the pauses."""
+        return time.perf_counter() - self.t0 - self.paused
+
+    def data_wait(self) -> float:
+        return self.stream.wait_seconds - self.wait0
+
+
+class Trainer:
+    """The state of one call of :func:`train` between its steps: model, optimizer, episode stream,
+    logging window, the last logged values, TensorBoard writer. Built at the step the run starts from
+    (0, or its checkpoint's, with the checkpoint's parameters, optimizer, stream and RNG states)."""
+
+    def __init__(self, config: RunConfig, dataset: Dataset, ckpt: dict[str, Any] | None, context: TrainContext,
+                 device: torch.device):
+        self.config, self.dataset, self.context, self.device = config, dataset, context, device
+        tc = self.tc = config.train
+        self.run_dir = Path(config.run.out)
+        self.resumed = ckpt is not None
+        self.start = int(ckpt["step"]) if ckpt else 0
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        seed_everything(tc.seed)  # the same initial parameters on every rank
+        self.model = build_model(config, dataset.image_shape).to(device)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]  # the trainable ones
+        seed_everything(noise_seed(tc.seed, context.rank))  # the training noise: per rank
+        self.stream = EpisodeStream(dataset, config.train_spec(), seed=tc.seed, rank=context.rank,
+                                    world_size=context.world_size, batch=tc.episodes_per_step,
+                                    pin_memory=device.type == "cuda")
+        self.elapsed_before = 0.0
         if ckpt is not None:
-            _truncate_metrics(metrics_path, start)
-        else:
-            metrics_path.unlink(missing_ok=True)
+            self._restore(ckpt)
+        self.model = context.prepare_model(self.model)
+        self.val_batches = validation_batches(dataset, config, tc.val_episodes, tc.val_seed) if context.is_main else []
+        self.max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+        self.log_m = {"train": math.log(config.train_spec().memory_size), "val": math.log(config.eval_spec().memory_size)}
+        self.width = len(str(tc.steps))
+        self.last_train: dict[str, Any] = {}
+        self.last_val: dict[str, Any] = {}
+        self.last_ckpt: Path | None = None
+        self.writer = None  # TensorBoard events (rank 0, run.tensorboard)
+        self.first_step_at: float | None = None
+        self.run_t0 = time.perf_counter()
+        self.window = LogWindow(self.stream)
 
-    n_params = sum(p.numel() for p in params)
-    context.emit(f"{'resuming' if ckpt else 'training'} {type(model).__name__} ({n_params:,} parameters) on {device} "
-                 f"for steps {start + 1}..{tc.steps} → {run_dir}")
-    context.emit(f"  episodes: {config.train_spec().ways}-way, {config.train_spec().shots} shots, "
-                 f"{config.train_spec().targets} targets, {tc.episodes_per_step}×{context.world_size} = "
-                 f"{tc.episodes_per_step * context.world_size} per step from {dataset.directory.name}/{config.data.train_split}; "
-                 f"K={tc.num_samples}; noise per {tc.noise}")
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.stream.load_state_dict(ckpt["stream"])
+        rng = ckpt["rng_by_rank"].get(self.context.rank)
+        if rng is not None:
+            set_rng_state(rng, self.device)
+        else:  # a rank the checkpoint has no state for (a new world size): a fresh, config-derived stream
+            seed_everything(noise_seed(self.tc.seed + self.start, self.context.rank))
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
 
-    # 3. the loop --------------------------------------------------------------------------------
-    window: torch.Tensor | None = None  # the sums of step_values over the logging window
-    window_names: list[str] = []
-    window_steps, window_t0, window_wait0 = 0, time.perf_counter(), stream.wait_seconds
-    run_t0 = time.perf_counter()
-    last_train: dict[str, Any] = {}
-    last_val: dict[str, Any] = {}
-    last_ckpt: Path | None = None
-    paused = 0.0  # seconds spent validating and checkpointing inside the current logging window
-    writer = None  # TensorBoard events (rank 0, run.tensorboard)
-    first_step_at: float | None = None
-    max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
-    log_train_m, log_eval_m = math.log(config.train_spec().memory_size), math.log(config.eval_spec().memory_size)
+    def elapsed(self) -> float:
+        """Training seconds of the run so far, the attempts before a resume included."""
+        return self.elapsed_before + time.perf_counter() - self.run_t0
 
-    def memory_use(row: dict[str, Any], log_m: float) -> dict[str, float]:
-        """KL(q(a|x) || p(a)) / log|M|: the share of the memory's capacity the addresses use (address models)."""
-        return {"memory_use": row["kl_address"] / log_m} if "kl_address" in row and log_m > 0 else {}
+    # --- before the first step ---
+    def prepare_run_dir(self, *, clear: bool) -> None:
+        """Rank 0: the run directory with this run's config, nothing of a discarded attempt (``clear``:
+        ``--overwrite``); a resumed run's metrics cut at its checkpoint. Then the opening lines."""
+        run_dir, metrics = self.run_dir, self.run_dir / METRICS_FILE
+        if self.context.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if clear:
+                clear_run_dir(run_dir)
+            if not self.resumed:  # a fresh run: no events of an earlier attempt
+                shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+            for stale in (run_dir / CHECKPOINT_DIR).glob("*.tmp"):
+                stale.unlink(missing_ok=True)
+            self.config.save(run_dir)
+            if self.resumed:
+                truncate_metrics(metrics, self.start)
+            else:
+                metrics.unlink(missing_ok=True)
+        tc, spec, ctx = self.tc, self.config.train_spec(), self.context
+        n_params = sum(p.numel() for p in self.params)
+        ctx.emit(f"{'resuming' if self.resumed else 'training'} {type(unwrap(self.model)).__name__} ({n_params:,} parameters) "
+                 f"on {self.device} for steps {self.start + 1}..{tc.steps} → {run_dir}")
+        ctx.emit(f"  episodes: {spec.ways}-way, {spec.shots} shots, {spec.targets} targets, {tc.episodes_per_step}×"
+                 f"{ctx.world_size} = {tc.episodes_per_step * ctx.world_size} per step from {self.dataset.directory.name}/"
+                 f"{self.dataset.resolve_split(self.config.data.train_split)}; K={tc.num_samples}; noise per {tc.noise}")
+        self.run_t0 = time.perf_counter()
+        self.window.reset()
 
-    width = len(str(tc.steps))
+    def complete(self) -> dict[str, Any]:
+        """A resumed run that had already finished: its final metrics, nothing trained."""
+        self.stream.close()
+        self.context.emit(f"{self.run_dir} is complete at step {self.start}")
+        return json.loads((self.run_dir / FINAL_FILE).read_text(encoding="utf-8"))
 
-    def _check_finite(values: dict[str, float], step: int) -> None:
+    def open_writer(self) -> None:
+        if self.context.is_main and self.config.run.tensorboard:
+            from varmem.distributed.tensorboard import RunWriter
+
+            # a resumed run hides the events an interrupted attempt wrote after its checkpoint
+            self.writer = RunWriter(self.run_dir / TENSORBOARD_DIR, purge_step=self.start + 1 if self.resumed else None)
+
+    def close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    # --- the steps ---
+    def step(self) -> None:
+        """One optimizer step on the stream's next batch; its values join the logging window."""
+        tc = self.tc
+        host = next(self.stream)
+        indices = host.index.tolist()  # global episode indices: the noise keys of train.noise=episode
+        batch = host.to(self.device, non_blocking=True)
+        core = unwrap(self.model)
+        obj = training_objective(core, batch, indices, tc.num_samples, noise=tc.noise, seed=tc.seed)
+        self.optimizer.zero_grad(set_to_none=True)
+        obj.loss.backward()
+        self.context.reduce_gradients(core)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        self.optimizer.step()
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+        self.window.add(*step_values(obj, grad_norm), type(core).__name__)
+
+    def check_finite(self, values: dict[str, float], step: int) -> None:
         if not all(math.isfinite(v) for v in values.values()):
             raise TrainingDiverged(
                 f"step {step}: loss {values.get('loss')}, gradient norm {values.get('grad_norm')} are not finite; "
-                f"the last checkpoint is {last_ckpt or latest_checkpoint(run_dir) or 'none'}: "
-                f"lower optim.lr ({config.optim.lr}) or set optim.grad_clip")
+                f"the last checkpoint is {self.last_ckpt or latest_checkpoint(self.run_dir) or 'none'}: "
+                f"lower optim.lr ({self.config.optim.lr}) or set optim.grad_clip")
 
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - run_t0
+    def log(self, step: int, *, report: bool) -> None:
+        """The logging window's means (over steps and ranks) as a progress line, a metrics.jsonl row and
+        TensorBoard scalars; then a new window. ``report``: also to the context's report callback."""
+        tc, ctx, window = self.tc, self.context, self.window
+        seconds = window.seconds()
+        values = window.means(ctx)
+        self.check_finite(values, step)
+        self.last_train = {
+            "kind": "train", "step": step, **values, **({"nll_bound": -values["bound"]} if "bound" in values else {}),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "episodes_per_s": window.steps * tc.episodes_per_step * ctx.world_size / max(seconds, 1e-9),
+            "data_wait": window.data_wait() / max(seconds, 1e-9),
+            "eta_s": (tc.steps - step) * seconds / window.steps, "elapsed_s": self.elapsed(),
+            "process_cpu_s": time.process_time(),  # this process's CPU time so far (all its threads)
+            **memory_use(values, self.log_m["train"]),
+        }
+        if ctx.is_main:
+            append_jsonl(self.run_dir / METRICS_FILE, self.last_train)
+        if self.writer is not None:
+            self.writer.train(self.last_train, step)
+        row = self.last_train
+        ctx.emit(f"step {step:>{self.width}}/{tc.steps} | loss {values['loss']:.2f} | {describe_values(values)} | "
+                 f"|g| {values['grad_norm']:.1f} | {row['episodes_per_s']:.1f} ep/s | wait {100 * row['data_wait']:.0f}% | "
+                 f"ETA {format_duration(row['eta_s'])}")
+        window.reset()
+        if report and ctx.report is not None and ctx.report_logs:  # its time counts in the next window
+            ctx.report(dict(self.last_train), None)
 
-    def validate(step: int) -> None:
-        nonlocal last_val, paused
+    def validate(self, step: int) -> None:
+        """Rank 0: the validation bound on the fixed episodes (a metrics.jsonl row, TensorBoard values and
+        pictures, a line; a line per tenth of the episodes when it takes long). Its time is a pause."""
         t0 = time.perf_counter()
-        if context.is_main:
-            core = unwrap(model)
-            last_val = {"kind": "val", "step": step, **evaluate_bound(
-                core, val_batches, samples=tc.val_samples, num_samples=tc.num_samples, chunk=tc.chunk,
-                seed=tc.val_seed, device=device)}
-            last_val.update(memory_use(last_val, log_eval_m))
-            _append_jsonl(metrics_path, last_val)
-            if writer is not None:
-                writer.validation(last_val, step)
-                writer.pictures(core, dataset, config, step)
-            head = (f"NLL bound {last_val['nll_bound']:.2f} ± {last_val['nll_bound_stderr']:.2f} nats (K={tc.val_samples}, "
-                    if "nll_bound" in last_val else "(")
-            shown = {k: v for k, v in last_val.items() if k not in VAL_BOOKKEEPING and isinstance(v, float)}
-            context.emit(f"val   step {step:>{width}} | {head}{last_val['episodes']} episodes of {config.data.eval_split}) | "
-                         f"{describe_values(shown)}")
-        paused += time.perf_counter() - t0
+        tc, ctx = self.tc, self.context
+        if ctx.is_main:
+            core = unwrap(self.model)
+            split = self.dataset.resolve_split(self.config.data.eval_split)  # a role → the dataset's split
+            progress = milestones(tc.val_episodes, ctx.emit, label=f"  validating step {step} on {split}: ",
+                                  after_s=VALIDATION_PROGRESS_AFTER_S)
+            self.last_val = row = {"kind": "val", "step": step, **evaluate_bound(
+                core, self.val_batches, samples=tc.val_samples, num_samples=tc.num_samples, chunk=tc.chunk,
+                seed=tc.val_seed, device=self.device, progress=progress)}
+            row.update(memory_use(row, self.log_m["val"]))
+            append_jsonl(self.run_dir / METRICS_FILE, row)
+            if self.writer is not None:
+                self.writer.validation(row, step)
+                self.writer.pictures(core, self.dataset, self.config, step)
+            head = (f"NLL bound {row['nll_bound']:.2f} ± {row['nll_bound_stderr']:.2f} nats (K={tc.val_samples}, "
+                    if "nll_bound" in row else "(")
+            shown = {k: v for k, v in row.items() if k not in VAL_BOOKKEEPING and isinstance(v, float)}
+            ctx.emit(f"val   step {step:>{self.width}} | {head}{row['episodes']} episodes of {split}) | "
+                     f"{describe_values(shown)}")
+        self.window.paused += time.perf_counter() - t0
 
-    def checkpoint(step: int) -> None:
-        nonlocal last_ckpt, paused
+    def checkpoint(self, step: int) -> None:
+        """Every rank's RNG states gathered (a collective), rank 0 writes ``ckpt-<step>.pt`` atomically and
+        prunes the oldest; then every rank reports (rank 0 with the checkpoint). Its time is a pause."""
         t0 = time.perf_counter()
-        rngs = context.gather(rng_state(device))  # every rank's RNG state (a collective: all ranks call it)
-        if context.is_main:
+        ctx = self.context
+        rngs = ctx.gather(rng_state(self.device))  # every rank's RNG state
+        if ctx.is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
                 "step": step,
-                "config": config.to_dict(),
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "config": self.config.to_dict(),
+                "image_shape": tuple(int(n) for n in self.dataset.image_shape),  # (H, W): the model builds without the dataset
+                "model": unwrap(self.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "rng_by_rank": dict(enumerate(rngs)),
-                "stream": stream.state_dict(),
-                "world_size": context.world_size,
-                "elapsed_s": elapsed(),
-                "metrics": {k: v for k, v in last_train.items() if isinstance(v, (int, float, str))},
+                "stream": self.stream.state_dict(),
+                "world_size": ctx.world_size,
+                "elapsed_s": self.elapsed(),
+                "metrics": {k: v for k, v in self.last_train.items() if isinstance(v, (int, float, str))},
             }
-            last_ckpt = save_checkpoint(checkpoint_path(run_dir, step), state)
-            prune_checkpoints(run_dir, tc.keep_checkpoints)
-        paused += time.perf_counter() - t0
-        if context.report is not None:
-            context.report(dict(last_train, step=step), last_ckpt if context.is_main else None)
+            self.last_ckpt = save_checkpoint(checkpoint_path(self.run_dir, step), state)
+            prune_checkpoints(self.run_dir, self.tc.keep_checkpoints)
+        self.window.paused += time.perf_counter() - t0
+        if ctx.report is not None:
+            ctx.report(dict(self.last_train, step=step), self.last_ckpt if ctx.is_main else None)
 
-    if ckpt is not None and start == tc.steps and (run_dir / FINAL_FILE).is_file():
-        stream.close()
-        context.emit(f"{run_dir} is complete at step {start}")
-        return json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
-    if context.is_main and config.run.tensorboard:
-        from varmem.distributed.tensorboard import RunWriter
-
-        # a resumed run hides the events an interrupted attempt wrote after its checkpoint
-        writer = RunWriter(run_dir / TENSORBOARD_DIR, purge_step=start + 1 if ckpt is not None else None)
-    step = start
-    try:
-        for step in range(start + 1, tc.steps + 1):
-            host = next(stream)
-            indices = host.index.tolist()  # global episode indices: the noise keys of train.noise=episode
-            batch = host.to(device, non_blocking=True)
-            core = unwrap(model)
-            obj = training_objective(core, batch, indices, tc.num_samples, noise=tc.noise, seed=tc.seed)
-            optimizer.zero_grad(set_to_none=True)
-            obj.loss.backward()
-            context.reduce_gradients(core)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            optimizer.step()
-            if first_step_at is None:
-                first_step_at = time.time()
-            names, step_vector = step_values(obj, grad_norm)
-            if window is None or names != window_names:
-                if window is not None and window_steps:
-                    raise RuntimeError(f"{type(core).__name__}: the objective's terms changed from {window_names} to {names}")
-                window, window_names = torch.zeros_like(step_vector), names
-            window += step_vector
-            window_steps += 1
-
-            is_log = step % tc.log_every == 0 or step == tc.steps
-            is_ckpt = step % tc.checkpoint_every == 0 or step == tc.steps
-            if is_log:
-                seconds = time.perf_counter() - window_t0 - paused
-                values = dict(zip(window_names, context.reduce_metrics(window / window_steps).tolist()))
-                _check_finite(values, step)
-                wait = stream.wait_seconds - window_wait0
-                last_train = {
-                    "kind": "train", "step": step, **values, **({"nll_bound": -values["bound"]} if "bound" in values else {}),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "episodes_per_s": window_steps * tc.episodes_per_step * context.world_size / max(seconds, 1e-9),
-                    "data_wait": wait / max(seconds, 1e-9),
-                    "eta_s": (tc.steps - step) * seconds / window_steps, "elapsed_s": elapsed(),
-                    "process_cpu_s": time.process_time(),  # this process's CPU time so far (all its threads)
-                    **memory_use(values, log_train_m),
-                }
-                if context.is_main:
-                    _append_jsonl(metrics_path, last_train)
-                if writer is not None:
-                    writer.train(last_train, step)
-                context.emit(
-                    f"step {step:>{width}}/{tc.steps} | loss {values['loss']:.2f} | {describe_values(values)} | |g| {values['grad_norm']:.1f} | "
-                    f"{last_train['episodes_per_s']:.1f} ep/s | wait {100 * last_train['data_wait']:.0f}% | "
-                    f"ETA {_fmt_time(last_train['eta_s'])}")
-                window.zero_()
-                window_steps, paused = 0, 0.0
-                window_t0, window_wait0 = time.perf_counter(), stream.wait_seconds
-                if context.report is not None and context.report_logs and not is_ckpt:  # its time counts in the next window
-                    context.report(dict(last_train), None)
-            elif is_ckpt:  # never checkpoint a diverged model
-                _check_finite(dict(zip(window_names, context.reduce_metrics(window / window_steps).tolist())), step)
-            if (tc.val_every and step % tc.val_every == 0) or step == tc.steps:
-                validate(step)
-            if is_ckpt:
-                checkpoint(step)
-        if step == start and ckpt is not None:  # resumed at the last step: only the final validation is missing
-            validate(step)
-            last_ckpt = source
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        raise
-    finally:
-        stream.close()
-
-    final = {
-        "step": step,
-        "steps": tc.steps,
-        "run_dir": str(run_dir),
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
-        "resumed_from": start if ckpt else None,
-        "elapsed_s": elapsed(),
-        "started_at": started_at,  # Unix times: train() called, the first step of this call done
-        "first_step_at": first_step_at,
-        "world_size": context.world_size,
-        "episodes_per_step": tc.episodes_per_step * context.world_size,  # the global batch: the sum over ranks
-        "train": {k: v for k, v in last_train.items() if k != "kind"},
-        "val": {k: v for k, v in last_val.items() if k != "kind"},
-    }
-    if context.is_main:
-        atomic_write_text(run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")
-        if writer is not None:
-            writer.hparams(config, final)
-            writer.close()
-        headline = (f"val NLL bound {last_val['nll_bound']:.2f} nats" if "nll_bound" in last_val
-                    else f"val accuracy {last_val['accuracy']:.3f}" if "accuracy" in last_val else "no validation value")
-        context.emit(f"done: step {step}, {headline}, {_fmt_time(final['elapsed_s'])} → {run_dir / FINAL_FILE}")
-    return final
-
-
-def unwrap(model: torch.nn.Module) -> FewShotModel:
-    """The model inside a DDP-style wrapper (``.module``), or the model itself."""
-    return getattr(model, "module", model)
-
-
-def _check_resumable(config: RunConfig, ckpt: dict[str, Any], source: Path) -> None:
-    """A resumed run must follow the same trajectory: only the fields in RESUMABLE_CHANGES may differ."""
-    try:
-        saved = RunConfig.from_dict(ckpt["config"], legacy=True)
-    except ConfigError as exc:
-        raise ConfigError(f"checkpoint {source} holds a config this version cannot read: {exc}") from None
-    changed = [d for d in saved.differences(config) if d.split(":")[0] not in RESUMABLE_CHANGES]
-    if changed:
-        raise ConfigError(f"cannot resume from {source}: the config differs in {'; '.join(changed)} "
-                          f"(only {', '.join(RESUMABLE_CHANGES)} may change; start a new run directory instead)")
-    if int(ckpt["step"]) > config.train.steps:
-        raise ConfigError(f"checkpoint {source} is at step {ckpt['step']}, past train.steps={config.train.steps}")
-
-
+    # --- the end ---
+    def finish(self, step: int, started_at: float) -> dict[str, Any]:
+        """The final metrics; rank 0 writes them (``final_metrics.json``, TensorBoard hparams) and says so."""
+        ctx, last_val = self.context, self.last_val
+        final = {
+            "step": step,
+            "steps": self.tc.steps,
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(self.last_ckpt) if self.last_ckpt else None,
+            "resumed_from": self.start if self.resumed else None,
+            "elapsed_s": self.elapsed(),
+            "started_at": started_at,  # Unix times: train() called, the first step of this call done
+            "first_step_at": self.first_step_at,
+            "world_size": ctx.world_size,
+            "episodes_per_step": self.tc.episodes_per_step * ctx.world_size,  # the global batch: the sum over ranks
+            "train": {k: v for k, v in self.last_train.items() if k != "kind"},
+            "val": {k: v for k, v in last_val.items() if k != "kind"},
+        }
+        if ctx.is_main:
+            atomic_write_text(self.run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")
+            if self.writer is not None:
+                self.writer.hparams(self.config, final)
+            self.close_writer()
+            headline = (f"val NLL bound {last_val['nll_bound']:.2f} nats" if "nll_bound" in last_val
+                        else f"val accuracy {last_val['accuracy']:.3f}" if "accuracy" in last_val else "no validation value")
+            ctx.emit(f"done: step {step}, {headline}, {format_duration(final['elapsed_s'])} → {self.run_dir / FINAL_FILE}")
+        return final

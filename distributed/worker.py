@@ -31,7 +31,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from varmem.distributed.train_loop import CHECKPOINT_DIR, TrainContext, checkpoint_step, latest_checkpoint, train
+from varmem.distributed.rundir import CHECKPOINT_DIR, checkpoint_step, latest_checkpoint
+from varmem.distributed.train_loop import TrainContext, train
 
 STAGING_PREFIX = ".ray-staging-"
 

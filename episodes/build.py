@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -24,9 +23,11 @@ import numpy as np
 from varmem.episodes.errors import DataError
 from varmem.episodes.manifest import SCHEMA, SCHEMA_VERSION, write_manifest
 from varmem.episodes.preprocess import Preprocessing
+from varmem.episodes.roles import roles_by_naming_rule
 from varmem.episodes.shards import schema, write_shard
 from varmem.episodes.sources.base import ClassRecord, Source
 from varmem.episodes.splits import SplitPolicy
+from varmem.progress import progress as progress_bar
 
 SPLIT_ORDER = ("background", "evaluation", "train", "test", "all", "lake-runs")
 DEFAULT_SHARD_BYTES = 64 << 20  # ~64 MiB of images per shard: 4,900 classes of 20 at 26×26
@@ -34,24 +35,6 @@ DEFAULT_SHARD_BYTES = 64 << 20  # ~64 MiB of images per shard: 4,900 classes of 
 
 def _split_key(name: str) -> tuple[int, str]:
     return (SPLIT_ORDER.index(name) if name in SPLIT_ORDER else len(SPLIT_ORDER), name)
-
-
-class _Progress:
-    """Progress lines on stderr at most every ``every`` seconds, with rate and ETA."""
-
-    def __init__(self, total: int, what: str, enabled: bool, every: float = 2.0):
-        self.total, self.what, self.enabled, self.every = total, what, enabled, every
-        self.start = self.last = time.perf_counter()
-        self.done = 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (now - self.last >= self.every or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            print(f"  {self.done}/{self.total} {self.what} ({rate:.0f}/s, ETA {eta:.0f} s)", file=sys.stderr, flush=True)
 
 
 # --- process-pool workers: the source and preprocessing are sent once per process ---------------
@@ -138,7 +121,9 @@ def build_dataset(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Build a class-sharded dataset from ``source`` at ``out``; returns the manifest."""
+    """Build a class-sharded dataset from ``source`` at ``out``; returns the manifest. ``progress``: a bar
+    over the classes on a terminal (``varmem.progress``); the manifest maps the roles train / eval to
+    the splits by the naming rule (``varmem.episodes.roles``)."""
     out = Path(out)
     t0 = time.perf_counter()
     records = source.classes()
@@ -160,7 +145,7 @@ def build_dataset(
         sch = schema(s, s)
 
         splits: dict[str, dict[str, Any]] = {}
-        bar = _Progress(len(records), "classes", progress)
+        bar = progress_bar(total=len(records), desc=f"building {out.name}", unit="class", quiet=not progress)
         loaded = _load_all(source, preprocessing, [records[i] for i in order], workers)
         class_id = 0
         pending: list[tuple[int, np.ndarray]] = []  # (record index, images) of the shard being filled
@@ -188,33 +173,35 @@ def build_dataset(
             info["_next_id"] = lo + len(pending)
             pending = []
 
-        current = None
-        for ri, images in zip(order, loaded):
-            name = split_names[ri]
-            if name != current:
-                if current is not None:
-                    flush(current)
-                current = name
-                splits[name] = {"classes": 0, "images": 0, "class_range": [class_id, class_id], "alphabets": set(),
-                                "min_images_per_class": None, "max_images_per_class": 0, "shards": [], "_next_id": class_id}
-            info = splits[name]
-            n = images.shape[0]
-            info["classes"] += 1
-            info["images"] += n
-            info["alphabets"].add(alphabet_id[records[ri].alphabet])
-            info["min_images_per_class"] = n if info["min_images_per_class"] is None else min(info["min_images_per_class"], n)
-            info["max_images_per_class"] = max(info["max_images_per_class"], n)
-            pending.append((ri, images))
-            class_id += 1
-            info["class_range"][1] = class_id
-            if len(pending) >= classes_per_shard:
-                flush(name)
-            bar.update(1)
-        flush(current)
+        with bar:
+            current = None
+            for ri, images in zip(order, loaded):
+                name = split_names[ri]
+                if name != current:
+                    if current is not None:
+                        flush(current)
+                    current = name
+                    splits[name] = {"classes": 0, "images": 0, "class_range": [class_id, class_id], "alphabets": set(),
+                                    "min_images_per_class": None, "max_images_per_class": 0, "shards": [], "_next_id": class_id}
+                info = splits[name]
+                n = images.shape[0]
+                info["classes"] += 1
+                info["images"] += n
+                info["alphabets"].add(alphabet_id[records[ri].alphabet])
+                info["min_images_per_class"] = n if info["min_images_per_class"] is None else min(info["min_images_per_class"], n)
+                info["max_images_per_class"] = max(info["max_images_per_class"], n)
+                pending.append((ri, images))
+                class_id += 1
+                info["class_range"][1] = class_id
+                if len(pending) >= classes_per_shard:
+                    flush(name)
+                bar.update(1)
+            flush(current)
         for info in splits.values():
             info["alphabets"] = sorted(info["alphabets"])
             del info["_next_id"]
         manifest["splits"] = splits
+        manifest["roles"] = roles_by_naming_rule(splits)
         seconds = time.perf_counter() - t0
         n_images = sum(i["images"] for i in splits.values())
         manifest["build"] = {"seconds": round(seconds, 3), "images_per_s": round(n_images / max(seconds, 1e-9), 1), "workers": workers}
@@ -222,8 +209,9 @@ def build_dataset(
     return manifest
 
 
-def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, overwrite: bool = False) -> dict[str, Any]:
-    """Build the official one-shot runs as fixed 20-way 1-shot episodes (split ``lake-runs``)."""
+def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, overwrite: bool = False,
+                    progress: bool = True) -> dict[str, Any]:
+    """Build the official one-shot runs as fixed 20-way 1-shot episodes (split ``lake-runs``, no role)."""
     out = Path(out)
     t0 = time.perf_counter()
     runs = source.runs()
@@ -236,7 +224,7 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
         manifest["alphabets"] = [f"run{r.run:02d}" for r in runs]
         cols: dict[str, list] = {k: [] for k in ("class_id", "alphabet_id", "split", "character", "item", "name", "run", "role", "label")}
         images, class_base = [], 0
-        for ai, r in enumerate(runs):
+        for ai, r in enumerate(progress_bar(runs, desc=f"building {out.name}", unit="run", quiet=not progress)):
             ways = len(r.memory_names)
             mem = preprocessing.apply(r.memory, f"lake run {r.run:02d} training images")
             tgt = preprocessing.apply(r.targets, f"lake run {r.run:02d} test images")
@@ -265,6 +253,7 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
             "min_images_per_class": 2, "max_images_per_class": None,
             "shards": [{"file": file, "class_range": [0, class_base], **meta}],
         }}
+        manifest["roles"] = {}
         manifest["build"] = {"seconds": round(time.perf_counter() - t0, 3)}
         write_manifest(tmp, manifest)
     return manifest

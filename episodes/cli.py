@@ -38,7 +38,7 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--ink", choices=("auto", "dark", "light"), default="auto", help="ink polarity of the images")
     b.add_argument("--workers", type=int, default=None, help="processes that load and preprocess (default: all cores)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset directory")
-    b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.add_argument("--quiet", action="store_true", help="no progress bar and no 'building' line")
     b.set_defaults(func=_build)
 
     i = dsub.add_parser("info", help="classes, images, shards and bytes per split")
@@ -48,12 +48,13 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
 
     v = dsub.add_parser("verify", help="check every shard against the manifest's checksums and row counts")
     v.add_argument("dir", type=Path)
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_verify)
 
     s = dsub.add_parser("show", help="draw a grid of classes, or one sampled episode, to a PNG")
     s.add_argument("dir", type=Path)
     s.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    s.add_argument("--split", default=None, help="default: the first split")
+    s.add_argument("--split", default=None, help="a split or a role (train, eval); default: the first split")
     s.add_argument("--classes", type=int, default=8, help="grid: rows (classes)")
     s.add_argument("--per-class", type=int, default=10, help="grid: images per class")
     s.add_argument("--episode", action="store_true", help="draw one sampled episode (memory | targets per class)")
@@ -109,7 +110,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.source == "lake-runs":
         if args.split != "release":
             raise DataError("--split does not apply to lake-runs: the official runs are kept as they are")
-        manifest = build_lake_runs(source, args.out, preprocessing=pre, overwrite=args.overwrite)
+        manifest = build_lake_runs(source, args.out, preprocessing=pre, overwrite=args.overwrite, progress=not args.quiet)
     else:
         policy = SplitPolicy(policy=args.split, heldout_alphabets=tuple(args.heldout_alphabet),
                              fraction=args.heldout_fraction, seed=args.split_seed)
@@ -127,9 +128,11 @@ def _build(args: argparse.Namespace) -> int:
 def _print_info(info: dict) -> None:
     print(f"{info['directory']}: {info['source']} ({info['kind']}), {info['image_shape'][0]}×{info['image_shape'][1]} "
           f"{info['preprocessing']}, {info['alphabets']} alphabets, split {info['split_policy']}")
-    print(f"  {'split':<12} {'classes':>9} {'images':>10} {'alphabets':>9} {'shards':>6} {'bytes':>12}")
+    role_of = {split: role for role, split in info["roles"].items()}
+    print(f"  {'split':<12} {'role':<5} {'classes':>9} {'images':>10} {'alphabets':>9} {'shards':>6} {'bytes':>12}")
     for name, s in info["splits"].items():
-        print(f"  {name:<12} {s['classes']:>9} {s['images']:>10} {s['alphabets']:>9} {s['shards']:>6} {s['bytes']:>12,}")
+        print(f"  {name:<12} {role_of.get(name, '-'):<5} {s['classes']:>9} {s['images']:>10} {s['alphabets']:>9} "
+              f"{s['shards']:>6} {s['bytes']:>12,}")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -147,7 +150,7 @@ def _verify(args: argparse.Namespace) -> int:
     from varmem.episodes.dataset import Dataset
 
     ds = Dataset.open(args.dir)
-    problems = ds.verify()
+    problems = ds.verify(quiet=args.quiet)
     n = sum(len(s["shards"]) for s in ds.manifest["splits"].values())
     if problems:
         for p in problems:
@@ -156,6 +159,16 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {n} shards match the manifest (sha256, rows, class ranges)")
     return 0
+
+
+def _split_or_first(dataset, name: str | None) -> str:
+    """The split ``name`` (or role) resolves to in ``dataset``; its first split when it has none such."""
+    if name is not None:
+        try:
+            return dataset.resolve_split(name)
+        except DataError:
+            pass
+    return dataset.split_names[0]
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -179,7 +192,8 @@ def _show(args: argparse.Namespace) -> int:
 
             spec = EpisodeSpec(split=args.split or ds.split_names[0], ways=args.ways, shots=args.shots, targets=args.targets,
                                distractors=args.distractors, alphabet=args.alphabet)
-            ep = EpisodeSampler(ds, spec, seed=args.seed).episode(args.index)
+            sampler = EpisodeSampler(ds, spec, seed=args.seed)
+            ep, spec = sampler.episode(args.index), sampler.spec  # spec.split: the split a role resolved to
             ways = spec.ways
             title = f"episode {args.index} (seed {args.seed}) of {spec.split}: memory ({spec.shots}/class) | targets"
         picture = show.labelled(show.episode_picture(ep, ways), title)
@@ -187,7 +201,7 @@ def _show(args: argparse.Namespace) -> int:
         pictures = []
         for d in [args.dir] + args.compare:
             other = ds if d == args.dir else Dataset.open(d)
-            split = args.split if args.split in other.split_names else other.split_names[0]
+            split = _split_or_first(other, args.split)
             grid = show.class_grid(other, split, classes=args.classes, per_class=args.per_class, seed=args.seed)
             pictures.append(show.labelled(grid, f"{other.manifest['source']['name']} / {split}"))
         picture = show.side_by_side(pictures)

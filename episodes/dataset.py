@@ -4,6 +4,8 @@
 shards (zero-copy) and indexes its classes, so that an episode sampler can gather the images
 of any class in O(1). Nothing is copied into the process: a worker that samples from a
 100,000-class dataset keeps only page-cache-backed views and a few int arrays per class.
+NAME may also be a role, ``train`` or ``eval``, that the dataset maps to one of its splits
+(``varmem.episodes.roles``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pyarrow.ipc as ipc
 
 from varmem.episodes.errors import DataError
 from varmem.episodes.manifest import read_manifest
+from varmem.episodes.roles import manifest_roles, resolve_split
 from varmem.episodes.shards import Shard, open_shard, sha256_file
 
 
@@ -71,6 +74,7 @@ class Dataset:
         self.manifest = manifest
         self.image_shape: tuple[int, int] = tuple(manifest["image_shape"])  # type: ignore[assignment]
         self._splits: dict[str, Split] = {}
+        self.roles: dict[str, str] = manifest_roles(manifest, str(directory / "manifest.json"))  # role → split
 
     @classmethod
     def open(cls, directory: str | Path) -> "Dataset":
@@ -89,12 +93,14 @@ class Dataset:
     def alphabets(self) -> list[str]:
         return self.manifest["alphabets"]
 
+    def resolve_split(self, name: str) -> str:
+        """The split ``name`` means here: itself, or the split of the role it names (``train``, ``eval``,
+        or a split name of the naming rule); DataError naming the dataset, role and splits otherwise."""
+        return resolve_split(name, self.roles, self.split_names, str(self.directory))
+
     def split(self, name: str) -> Split:
-        """Memory-map split ``name`` (cached)."""
-        if name not in self.manifest["splits"]:
-            raise DataError(
-                f"{self.directory}: no split {name!r}; this dataset has {', '.join(map(repr, self.split_names))}"
-            )
+        """Memory-map split ``name`` (a split or a role, see :meth:`resolve_split`; cached)."""
+        name = self.resolve_split(name)
         if name not in self._splits:
             self._splits[name] = self._open_split(name)
         return self._splits[name]
@@ -143,6 +149,7 @@ class Dataset:
             "image_shape": list(self.image_shape),
             "preprocessing": self.manifest["preprocessing"].get("method"),
             "split_policy": self.manifest["split"],
+            "roles": dict(self.roles),
             "alphabets": len(self.alphabets),
             "splits": {},
         }
@@ -156,31 +163,40 @@ class Dataset:
             }
         return out
 
-    def verify(self) -> list[str]:
-        """Check every shard against the manifest (sha256, rows, class range); return the problems."""
+    def verify(self, quiet: bool = True) -> list[str]:
+        """Check every shard against the manifest (sha256, rows, class range); return the problems.
+        Unless ``quiet``, a progress bar over the shards' bytes (on a terminal, ``varmem.progress``)."""
+        from varmem.progress import progress
+
         problems: list[str] = []
-        for name, s in self.manifest["splits"].items():
-            for entry in s["shards"]:
-                path = self.directory / entry["file"]
-                if not path.exists():
-                    problems.append(f"{path}: missing")
-                    continue
-                digest = sha256_file(path)
-                if digest != entry["sha256"]:
-                    problems.append(f"{path}: sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…")
-                    continue
-                try:
-                    with ipc.open_file(str(path)) as reader:
-                        table = reader.read_all()
-                except Exception as exc:  # a matching checksum makes this unlikely; report it anyway
-                    problems.append(f"{path}: unreadable ({exc})")
-                    continue
-                if table.num_rows != entry["rows"]:
-                    problems.append(f"{path}: {table.num_rows} rows, the manifest says {entry['rows']}")
-                cid = table.column("class_id").to_numpy()
-                lo, hi = entry["class_range"]
-                if len(cid) and (cid.min() < lo or cid.max() >= hi):
-                    problems.append(f"{path}: class ids {cid.min()}..{cid.max()} outside the manifest's [{lo}, {hi})")
+        entries = [entry for s in self.manifest["splits"].values() for entry in s["shards"]]
+        total = sum(int(entry.get("bytes", 0)) for entry in entries)
+        with progress(total=total or None, desc="verifying", unit="B", unit_scale=True, quiet=quiet) as bar:
+            for entry in entries:
+                problems.extend(self._verify_shard(entry))
+                bar.update(int(entry.get("bytes", 0)))
+        return problems
+
+    def _verify_shard(self, entry: dict[str, Any]) -> list[str]:
+        """The problems of one shard: missing, checksum, unreadable, row count, class ids."""
+        path = self.directory / entry["file"]
+        if not path.exists():
+            return [f"{path}: missing"]
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            return [f"{path}: sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…"]
+        try:
+            with ipc.open_file(str(path)) as reader:
+                table = reader.read_all()
+        except Exception as exc:  # a matching checksum makes this unlikely; report it anyway
+            return [f"{path}: unreadable ({exc})"]
+        problems = []
+        if table.num_rows != entry["rows"]:
+            problems.append(f"{path}: {table.num_rows} rows, the manifest says {entry['rows']}")
+        cid = table.column("class_id").to_numpy()
+        lo, hi = entry["class_range"]
+        if len(cid) and (cid.min() < lo or cid.max() >= hi):
+            problems.append(f"{path}: class ids {cid.min()}..{cid.max()} outside the manifest's [{lo}, {hi})")
         return problems
 
 
@@ -193,10 +209,9 @@ def to_ray_dataset(directory: str | Path, split: str | None = None):
     import ray.data
 
     ds = Dataset.open(directory)
-    names = [split] if split is not None else ds.split_names
+    names = [ds.resolve_split(split)] if split is not None else ds.split_names
     tables = []
     for name in names:
-        ds.split(name)  # validates the split name
         for entry in ds.manifest["splits"][name]["shards"]:
             with ipc.open_file(str(ds.directory / entry["file"])) as reader:
                 tables.append(reader.read_all())

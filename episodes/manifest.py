@@ -13,6 +13,8 @@ Layout (schema version 1)::
       "image_shape": [H, W],
       "split": {"policy": ..., ...},                     # the split definition and its seed
       "alphabets": [name, ...],                          # alphabet_id = index
+      "roles": {"train": NAME, "eval": NAME},            # optional: which split plays which role
+                                                         # (varmem.episodes.roles; absent: the naming rule)
       "splits": {
         NAME: {"classes", "images", "class_range": [lo, hi), "alphabets": [ids],
                "shards": [{"file", "class_range": [lo, hi), "rows", "bytes", "sha256"}]}
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from varmem.episodes.errors import DataError
+from varmem.episodes.roles import manifest_roles
 
 SCHEMA = "varmem.dataset"
 SCHEMA_VERSION = 1
@@ -70,6 +73,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             for key in ("file", "class_range", "rows", "sha256"):
                 if key not in shard:
                     raise DataError(f"{path}: splits.{name}.shards[{i}].{key} is missing")
+    manifest_roles(manifest, str(path))  # a 'roles' field names roles and splits that exist
     return manifest
 
 

@@ -17,7 +17,7 @@ Shapes (``H × W`` the dataset's image size; ``C = ways + distractors``; ``M = C
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -65,7 +65,10 @@ def _move(x, device, non_blocking):
 
 
 class EpisodeSampler:
-    """Episodes of ``spec`` from ``dataset``'s ``spec.split``, as a pure function of the index."""
+    """Episodes of ``spec`` from ``dataset``'s ``spec.split``, as a pure function of the index.
+
+    ``spec.split`` may be a role (``train``, ``eval``; ``varmem.episodes.roles``): ``self.spec`` holds
+    the split it resolved to in this dataset."""
 
     def __init__(self, dataset: Dataset | str, spec: EpisodeSpec, seed: int = 0):
         self.dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
@@ -73,9 +76,11 @@ class EpisodeSampler:
             raise DataError(
                 f"{self.dataset.directory} holds {self.dataset.kind}, not classes: use LakeRunEpisodes for fixed runs"
             )
-        self.spec = spec
+        split = self.dataset.resolve_split(spec.split)  # a role (train, eval) names the dataset's split
+        self.spec = spec if split == spec.split else replace(spec, split=split)
         self.seed = int(seed)
-        self.split: Split = self.dataset.split(spec.split)
+        self.split: Split = self.dataset.split(split)
+        spec = self.spec
         spec.check_against(self.split, f"split {spec.split!r} of {self.dataset.directory}")
         counts = self.split.class_count
         self._uniform_count = int(counts[0]) if len(counts) and np.all(counts == counts[0]) else None

@@ -6,6 +6,9 @@
   five VMA test alphabets Tengwar, Sylheti, Tibetan, Syriac_(Serto), ULOG).
 * ``characters`` — within every alphabet, a seeded ``fraction`` of its characters is ``test``,
   the rest ``train``. Never an unseeded shuffle: the seed is in the manifest.
+
+Whatever the policy, a run names the splits it needs by role, ``train`` and ``eval``
+(``varmem.episodes.roles``): background and train play train, evaluation and test play eval.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from varmem.episodes.dataset import Dataset
@@ -49,6 +50,7 @@ class EpisodeStream:
         if step < 0:
             raise DataError(f"step must be ≥ 0, got {step}")
         self.sampler = EpisodeSampler(dataset, spec, seed)
+        spec = self.sampler.spec  # its split resolved (a role names the dataset's split)
         self.spec, self.seed, self.rank, self.world_size, self.batch = spec, int(seed), rank, world_size, batch
         self.step = step  # the next step __next__ returns
         self.prefetch = max(0, prefetch)
@@ -155,7 +157,8 @@ class EpisodeStream:
         for key in ("seed", "batch"):
             if state[key] != getattr(self, key):
                 raise DataError(f"episode stream state has {key}={state[key]!r}, this stream has {getattr(self, key)!r}")
-        if EpisodeSpec.from_dict(state["spec"]) != self.spec:
+        saved = EpisodeSpec.from_dict(state["spec"])
+        if replace(saved, split=self.sampler.dataset.resolve_split(saved.split)) != self.spec:
             raise DataError("episode stream state was saved with a different episode spec")
         if state["world_size"] != self.world_size:
             raise DataError(

@@ -3,7 +3,7 @@
 The entries are images ``sigmoid(logits)`` in [0, 1], so they run through the same m-pyramid as
 episode exemplars and can be looked at. The paper trains them without weight decay while the
 rest of the model has 3e-4 L2: :func:`no_weight_decay_names` names them, and
-``varmem.distributed.train_loop.build_optimizer`` gives them a group with weight_decay 0.
+``varmem.distributed.run.build_optimizer`` gives them a group with weight_decay 0.
 """
 from __future__ import annotations
 

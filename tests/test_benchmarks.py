@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from varmem.distributed.cli import main
-from tests.training.conftest import tiny_data  # noqa: F401
+from varmem.cli import main
+from tests.distributed.conftest import tiny_data  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from varmem.distributed.cli import main
+from varmem.cli import main
 from varmem.episodes.dataset import Dataset
 from varmem.episodes.sampler import LakeRunEpisodes
 from tests.episodes.fixtures import make_folder_tree, make_lake_runs, make_omniglot_zip
@@ -96,7 +96,7 @@ def test_bad_episode_spec_in_show(tmp_path, omni, capsys):
 
 
 def test_cli_process_exit_status_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "varmem.distributed.cli", "data", "verify", str(tmp_path / "nope")],
+    proc = subprocess.run([sys.executable, "-m", "varmem.cli", "data", "verify", str(tmp_path / "nope")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "nope does not exist" in proc.stderr

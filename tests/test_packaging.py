@@ -6,7 +6,7 @@ wheel from a copy of the source tree (in ``tmp_path``: nothing is written into t
 
 * check its file list: every module of the five folders and of ``varmem/`` is there, under
   ``varmem/``; nothing else is at the top level (``distributed`` is Dask's, ``kernels`` another
-  project's); the ``varmem`` command is ``varmem.distributed.cli:main``;
+  project's); the ``varmem`` command is ``varmem.cli:main``;
 * install it into a fresh venv beside ``dask[distributed]`` from the package index and import
   both in one process: ``distributed`` is Dask's, ``varmem.*`` the wheel's.
 
@@ -102,7 +102,7 @@ def test_wheel_holds_every_module_under_varmem_only(wheel):
 
     ep = configparser.ConfigParser()
     ep.read_string(entry_points)
-    assert dict(ep["console_scripts"]) == {"varmem": "varmem.distributed.cli:main"}
+    assert dict(ep["console_scripts"]) == {"varmem": "varmem.cli:main"}
 
 
 CHECK = textwrap.dedent(

@@ -14,8 +14,10 @@ cluster without varmem), this package finds the folders beside it.
 Notebook API::
 
     import varmem
-    run = varmem.load_run("runs/main_vma_strokes")   # the model in eval mode, its config
-    x = run.sample(memory, 8); ll = run.log_likelihood(memory, targets, 1000)
+    run = varmem.load_run("runs/main_vma_strokes")   # the model in eval mode, its config (no dataset needed)
+    x = run.sample(memory, 8, kind="mean")           # memory [M, 1, H, W] → [8, 1, H, W]
+    ll = run.log_likelihood(memory, targets, 1000)   # [T] nats
+    pred = run.classify(memory, memory_labels, targets)  # [T] int64
 """
 from __future__ import annotations
 
@@ -41,11 +43,12 @@ if _root is not None and _root not in __path__:  # type: ignore[name-defined]  #
     __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
 
-def load_run(run_dir, *, checkpoint=None, device=None):
-    """A trained run, ready for a notebook: see :func:`varmem.models.api.load_run`."""
+def load_run(run_dir, *, checkpoint=None, device=None, data=None):
+    """A trained run, ready for a notebook: see :func:`varmem.distributed.run.load_run` and
+    :class:`varmem.distributed.run.LoadedRun` (``sample``, ``log_likelihood``, ``classify``)."""
     from varmem.distributed.run import load_run as _load
 
-    return _load(run_dir, checkpoint=checkpoint, device=device)
+    return _load(run_dir, checkpoint=checkpoint, device=device, data=data)
 
 
 __all__ = ["load_run", "__version__"]

@@ -12,6 +12,7 @@ not plots. Importing this module imports matplotlib; import it inside the functi
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,22 @@ def new_figure(size: tuple[float, float] = SIZE, **subplots: Any):
     return fig, ax
 
 
+def add_footnote(fig, text: str, width: int = 120, fontsize: float = 7.0) -> None:
+    """A note under the axes (wrapped at ``width`` characters), with room kept for it when the figure is laid out."""
+    lines = textwrap.wrap(text, width)
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=fontsize, color="0.3", ha="left", va="bottom")
+    fig._varmem_bottom = (len(lines) * fontsize * 1.3 + 6) / (fig.get_figheight() * 72)  # fraction of the height
+
+
+def _layout(fig) -> None:
+    fig.tight_layout(rect=(0, getattr(fig, "_varmem_bottom", 0.0), 1, 1))
+
+
 def figure_png(fig) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     try:
-        fig.tight_layout()
+        _layout(fig)
         fig.savefig(buf, format="png", dpi=DPI)
     finally:
         plt.close(fig)
@@ -53,7 +65,7 @@ def figure_array(fig):
     """The figure as an RGB uint8 array [H, W, 3] (for TensorBoard); the figure is closed."""
     import numpy as np
 
-    fig.tight_layout()
+    _layout(fig)
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
     plt.close(fig)

@@ -9,12 +9,17 @@
 The bar goes to stderr and only when stderr is a terminal (logs and pipes stay clean) and
 ``quiet`` is False. ``VARMEM_PROGRESS=1`` forces it on (e.g. under ``ray job submit``, whose log is
 not a terminal), ``VARMEM_PROGRESS=0`` off.
+
+Where output is a log rather than a terminal (a Ray worker, a validation inside training),
+:func:`milestones` emits a line every tenth of the work instead, once the work has taken long.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 ENV = "VARMEM_PROGRESS"
 
@@ -36,3 +41,32 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled(quiet), file=sys.stderr,
                 dynamic_ncols=True, leave=False, **options)
+
+
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS`` (``?`` for an unknown, infinite or NaN duration)."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def milestones(total: int, emit: Callable[[str], None], *, label: str = "", unit: str = "episodes",
+               fraction: float = 0.1, after_s: float = 0.0) -> Callable[[int], None]:
+    """A ``progress(done)`` callback that emits ``{label}{done}/{total} {unit}, H:MM:SS so far, ETA H:MM:SS``
+    each time another ``fraction`` of ``total`` is done, once ``after_s`` seconds have passed (a short
+    task says nothing). For logs, where a bar cannot redraw: a validation or evaluation in a Ray worker."""
+    t0 = time.perf_counter()
+    every = max(1, math.ceil(total * fraction))
+    shown = 0
+
+    def progress(done: int) -> None:
+        nonlocal shown
+        seconds = time.perf_counter() - t0
+        if done - shown < every or done >= total or seconds < after_s:
+            return
+        shown = done
+        eta = seconds * (total - done) / done if done > 0 else float("inf")
+        emit(f"{label}{done}/{total} {unit}, {format_duration(seconds)} so far, ETA {format_duration(eta)}")
+
+    return progress

@@ -1,3 +1,13 @@
-"""Evaluation of trained few-shot models: the validation bound (``bound``) and the protocol
-(``protocol``: NLL tables, classification, Lake's runs, pictures, reports). Depends only on
-``varmem.models`` and ``varmem.episodes``."""
+"""Evaluation of trained few-shot models, depending only on ``varmem.models`` and ``varmem.episodes``.
+
+    bound           the validation bound: K-sample NLL bound, objective terms, accuracy (training and ``varmem eval``)
+    protocol        the protocol's orchestration: the parts a model's capabilities allow, their cost, progress
+    capabilities    which parts a model can run, and why not
+    nll_tables      NLL vs examples of one class, NLL vs classes beside the optimum (paired rows)
+    classification  N-way K-shot accuracy by q(a|x) and by likelihood: one classifier, random tie-breaking
+    lake            Lake et al.'s 20-way 1-shot runs
+    pictures        sample grids (Bernoulli means or binary samples) and q(a|x) pictures (PIL)
+    plots           the NLL tables as matplotlib plots; a generic line plot
+    report          console and Markdown tables; comparing runs
+    cost, progress, passes, stats   what a part costs; bars and lines; seeded bounded passes; intervals
+"""

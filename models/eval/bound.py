@@ -14,14 +14,16 @@ import torch
 
 from varmem.episodes.sampler import EpisodeBatch
 from varmem.models.base import Batch, Capability, FewShotModel
-from varmem.models.eval.protocol import decodes_per_pass
+from varmem.models.eval.classification import correct_targets
+from varmem.models.eval.passes import decodes_per_pass, eval_mode, seeded
 
 
 def few_shot_accuracy(model: FewShotModel, batch: EpisodeBatch, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The family's own classifier (``model.classify``: for address models the label with the most
-    q(a|x) mass, VMA §4.3, no fine-tuning; ties at random). Correct or not, float [G, T]."""
-    batch = Batch.of(batch)
-    return (model.classify(batch, generator) == batch.target_labels.cpu()).to(torch.float32)
+    """The family's own classifier (``model.class_scores``: for address models the label with the most
+    q(a|x) mass, VMA §4.3, no fine-tuning), through the protocol's one classifier rule
+    (:func:`varmem.models.eval.classification.correct_targets`: ties at random from ``generator``).
+    Correct or not, float [G, T]."""
+    return torch.from_numpy(correct_targets(model, batch, "q_a", ties=generator)).to(torch.float32)
 
 
 @torch.no_grad()
@@ -37,12 +39,15 @@ def evaluate_bound(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """The K-sample NLL bound (``log_likelihood`` with ``samples``), the objective's KL parts (with
-    ``num_samples``) and, for models with an address, few-shot accuracy, on fixed episodes.
+    ``num_samples``) and, for models with a classifier, few-shot accuracy, on fixed episodes.
 
     Runs under a forked torch RNG seeded with ``seed``: the numbers are reproducible and the
-    caller's RNG stream (the training noise) is untouched.
+    caller's RNG stream (the training noise) is untouched. Ties of the classifier are broken by a
+    CPU generator seeded with ``seed``. ``progress(done)`` is called after each batch with the
+    episodes done so far (e.g. ``varmem.models.eval.progress.Progress(emit).part(...)``'s callback,
+    a bar on a terminal and milestone lines in a log; ``varmem.models.eval.cost.bound_cost`` says
+    what the call costs).
     """
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     likelihood = model.supports(Capability.LIKELIHOOD)
     classifies = model.supports(Capability.CLASSIFICATION)
     per_episode: dict[str, list[torch.Tensor]] = {}
@@ -50,33 +55,26 @@ def evaluate_bound(
     def keep(name: str, values: torch.Tensor) -> None:  # [G, T] → the per-episode means
         per_episode.setdefault(name, []).append(values.double().mean(1).cpu())
 
-    was_training = model.training
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)  # the classifier's tie-breaks
-        model.eval()
-        try:
-            done = 0
-            for batch in batches:
-                b = Batch.of(batch.to(device))
-                if likelihood:
-                    # ≤ decodes_per_pass (target, sample) decodes at a time: with the paper-size networks a
-                    # pass of 100 samples × 32 targets held 7.6 GB on the CPU, and passes that large are slower
-                    pass_chunk = max(1, min(chunk, decodes_per_pass(device) // b.targets.shape[:2].numel()))
-                    keep("log_likelihood", model.log_likelihood(b, samples, chunk=pass_chunk))  # [G, T]
-                with torch.no_grad():
-                    obj = model.objective(b, num_samples)
-                if obj.bound is not None:
-                    keep("bound", obj.bound)
-                for name, value in obj.terms.items():
-                    keep(name, value)
-                if classifies:
-                    keep("accuracy", few_shot_accuracy(model, b, generator))
-                done += b.targets.shape[0]
-                if progress is not None:
-                    progress(done)
-        finally:
-            model.train(was_training)
+    generator = torch.Generator().manual_seed(seed)  # the classifier's tie-breaks
+    with seeded(seed, device), eval_mode(model):
+        done = 0
+        for batch in batches:
+            b = Batch.of(batch.to(device))
+            if likelihood:
+                # ≤ decodes_per_pass (target, sample) decodes at a time: with the paper-size networks a
+                # pass of 100 samples × 32 targets held 7.6 GB on the CPU, and passes that large are slower
+                pass_chunk = max(1, min(chunk, decodes_per_pass(device) // b.targets.shape[:2].numel()))
+                keep("log_likelihood", model.log_likelihood(b, samples, chunk=pass_chunk))  # [G, T]
+            obj = model.objective(b, num_samples)
+            if obj.bound is not None:
+                keep("bound", obj.bound)
+            for name, value in obj.terms.items():
+                keep(name, value)
+            if classifies:
+                keep("accuracy", few_shot_accuracy(model, b, generator))
+            done += b.targets.shape[0]
+            if progress is not None:
+                progress(done)
     out: dict[str, Any] = {"samples": samples, "objective_samples": num_samples}
     n = 0
     if "log_likelihood" in per_episode:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from varmem.models.registry import register
 
-from tests.training.standin import LinearMemoryVAE, StandinConfig
+from tests.distributed.standin import LinearMemoryVAE, StandinConfig
 
 PLUGIN = "tests.distributed.interrupt"
 

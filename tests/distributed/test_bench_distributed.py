@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from varmem.distributed.cli import main
+from varmem.cli import main
 
 pytestmark = pytest.mark.slow
 

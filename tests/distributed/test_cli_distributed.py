@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import varmem.distributed.ray_train as ray_train
+import varmem.distributed.cluster as cluster
 from varmem.distributed import train as train_module
-from varmem.distributed.cli import main
+from varmem.cli import main
 from varmem.distributed.train_loop import TrainContext, train
 from varmem.distributed.worker import resume_source
-from tests.training.helpers import tiny_raw, write_config
+from tests.distributed.helpers import tiny_raw, write_config
 
 
 def run(argv, capsys, entry=main):
@@ -35,7 +35,7 @@ def no_cluster(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the driver reached the Ray cluster")
 
-    monkeypatch.setattr(ray_train, "_connect", refuse)
+    monkeypatch.setattr(cluster, "connect", refuse)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def no_cluster(monkeypatch):
         (["--set", "optim.lr=-1"], "optim.lr must be > 0"),
         (["--set", "train.noise=global"], "train.noise must be one of episode, rank"),
         (["--set", "data.dir={tmp}/no-such-data"], "no-such-data"),
-        (["--set", "model.factory=tests.training.nope:build"], "model.factory"),
+        (["--set", "model.factory=tests.distributed.nope:build"], "model.factory"),
         (["--set", "data.image_size=28"], "data.image_size is 28"),
         (["--resume"], "nothing to resume"),
         (["--workers", "-1"], "--workers must be ≥ 0"),
@@ -116,14 +116,14 @@ def test_a_worker_starts_from_the_newer_of_rays_checkpoint_and_the_run_directory
 
 
 def test_an_unreachable_address_fails_at_once():
-    with pytest.raises(ray_train.ConfigError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
-        ray_train._probe("127.0.0.1:1")
-    ray_train._probe("auto")  # Ray's own resolution: not probed here
+    with pytest.raises(cluster.ConfigError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
+        cluster.probe("127.0.0.1:1")
+    cluster.probe("auto")  # Ray's own resolution: not probed here
 
 
 def test_workers_0_trains_in_process_without_importing_ray(cfg_file, tmp_path):
-    code = ("import sys; from varmem.distributed.cli import main; "
-            f"rc = main(['train', '--config', {str(cfg_file)!r}, '--quiet', '--plugin', 'tests.training.standin']); "
+    code = ("import sys; from varmem.cli import main; "
+            f"rc = main(['train', '--config', {str(cfg_file)!r}, '--quiet', '--plugin', 'tests.distributed.standin']); "
             "assert rc == 0; assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'")
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)

@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 
 from varmem.distributed.config import RunConfig
-from varmem.distributed.train_loop import METRICS_FILE, TrainContext, list_checkpoints, load_checkpoint, train, training_objective
+from varmem.distributed.rundir import METRICS_FILE, list_checkpoints, load_checkpoint
+from varmem.distributed.train_loop import TrainContext, train, training_objective
 from varmem.episodes.sampler import EpisodeSampler
-from tests.training.helpers import tiny_raw
-from tests.training.standin import LinearMemoryVAE
+from tests.distributed.helpers import tiny_raw
+from tests.distributed.standin import LinearMemoryVAE
 
 QUIET = TrainContext(quiet=True)
 

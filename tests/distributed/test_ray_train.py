@@ -21,9 +21,10 @@ from varmem.models.registry import load_plugins
 
 from varmem.distributed.config import RunConfig
 from varmem.distributed.ray_train import RAY_DIR, Launch, train_distributed
-from varmem.distributed.train_loop import FINAL_FILE, METRICS_FILE, TrainContext, list_checkpoints, load_checkpoint, train
+from varmem.distributed.rundir import FINAL_FILE, METRICS_FILE, list_checkpoints, load_checkpoint
+from varmem.distributed.train_loop import TrainContext, train
 from tests.distributed import faulty
-from tests.training.helpers import tiny_raw
+from tests.distributed.helpers import tiny_raw
 
 pytestmark = pytest.mark.ray
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from varmem.distributed.config import RunConfig
-from varmem.distributed.train_loop import FINAL_FILE, METRICS_FILE, TrainContext, checkpoint_path, train
-from tests.training.helpers import tiny_raw
+from varmem.distributed.rundir import FINAL_FILE, METRICS_FILE, checkpoint_path
+from varmem.distributed.train_loop import TrainContext, train
+from tests.distributed.helpers import tiny_raw
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -59,8 +60,8 @@ def test_scalars_pictures_and_hparams(tiny_data, tmp_path):
     assert all(math.isclose(u, k / math.log(6), rel_tol=1e-5) for u, k in zip(use, kl)) and max(kl) > 0
     assert all(0 < e.value <= 1 for e in acc.Scalars("perf/data_wait") + acc.Scalars("train/lr"))
     # pictures at every validation (drawn by the evaluation part)
-    assert set(acc.Tags()["images"]) == {"samples/one_shot", "address/q_a_top5"}
-    shots = acc.Images("samples/one_shot")
+    assert set(acc.Tags()["images"]) == {"samples/one_shot_means", "address/q_a_top5"}
+    shots = acc.Images("samples/one_shot_means")
     assert [e.step for e in shots] == [3, 6] and shots[0].width > 100 and shots[0].height > 50
     assert [e.step for e in acc.Images("address/q_a_top5")] == [3, 6]
     # hparams: the config, flattened, and the final metrics

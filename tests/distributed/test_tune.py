@@ -16,22 +16,24 @@ import pytest
 
 from varmem.models.registry import load_plugins
 
-import varmem.distributed.tune as tune_module
-from varmem.distributed.cli import main
+import varmem.distributed.cluster as cluster
+import varmem.distributed.tune as tune_module  # python -m varmem.distributed.tune
+from varmem.cli import main
 from varmem.distributed.config import RunConfig
-from varmem.distributed.train_loop import FINAL_FILE, METRICS_FILE
-from varmem.distributed.tune import (BEST_CONFIG, METRIC, RESULTS_CSV, RESULTS_JSON, TIME_ATTR, TUNE_DIR, SpaceError,
-                              TrialReporter, check_space, load_space, parse_space, tune_metrics)
+from varmem.distributed.rundir import FINAL_FILE, METRICS_FILE
+from varmem.distributed.search.searchdir import BEST_CONFIG, RESULTS_CSV, RESULTS_JSON, TUNE_DIR
+from varmem.distributed.search.space import SpaceError, check_space, load_space, parse_space
+from varmem.distributed.search.trial import METRIC, TIME_ATTR, TrialReporter, tune_metrics
 from tests.distributed import interrupt
-from tests.training.helpers import tiny_raw, write_config
+from tests.distributed.helpers import tiny_raw, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_SPACE = REPO / "configs" / "space_smoke.yaml"
 STEPS = 8
 
 
-def run(argv, capsys):
-    rc = main([str(a) for a in argv])
+def run(argv, capsys, entry=main):
+    rc = entry([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -93,7 +95,7 @@ def no_cluster(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the search reached the Ray cluster")
 
-    monkeypatch.setattr(tune_module, "_connect", refuse)
+    monkeypatch.setattr(cluster, "connect", refuse)
 
 
 @pytest.mark.parametrize("space, extra, message", [
@@ -103,11 +105,12 @@ def no_cluster(monkeypatch):
     ("optim.lr: {grid: [1.0e-3]}", ["--samples", "0"], "--samples must be ≥ 1"),
     ("optim.lr: {grid: [1.0e-3]}", ["--resume"], "--resume continues the search"),
 ])
-def test_bad_search_fails_before_any_trial(tiny_data, tmp_path, capsys, no_cluster, space, extra, message):
+@pytest.mark.parametrize("entry", [main, tune_module.main], ids=["varmem", "python-m"])
+def test_bad_search_fails_before_any_trial(tiny_data, tmp_path, capsys, no_cluster, space, extra, message, entry):
     (tmp_path / "space.yaml").write_text(space + "\n")
     out = tmp_path / "search"
-    rc, _, err = run(["tune", "--config", tiny_config(tiny_data, tmp_path), "--space", tmp_path / "space.yaml",
-                      "--out", out, *extra], capsys)
+    rc, _, err = run(["tune"] * (entry is main) + ["--config", tiny_config(tiny_data, tmp_path), "--space",
+                      tmp_path / "space.yaml", "--out", out, *extra], capsys, entry)
     assert rc == 2
     assert err.startswith("varmem: error: ") and err.count("\n") == 1, err
     assert message in err

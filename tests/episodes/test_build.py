@@ -162,8 +162,8 @@ def test_bad_split_arguments(tmp_path):
 
 def test_unknown_split_named_on_open(tmp_path):
     build(tmp_path)
-    with pytest.raises(DataError, match="no split 'train'; this dataset has 'background', 'evaluation'"):
-        Dataset.open(tmp_path / "ds").split("train")
+    with pytest.raises(DataError, match="no split 'valid'; this dataset has 'background', 'evaluation'"):
+        Dataset.open(tmp_path / "ds").split("valid")
 
 
 def test_empty_class_is_an_error(tmp_path):
@@ -180,3 +180,21 @@ def test_ray_data_reads_the_shards(tmp_path, ray_session):
     rds = to_ray_dataset(tmp_path / "ds", split="evaluation")
     assert rds.count() == 80
     assert sorted({r["class_id"] for r in rds.take_all()}) == [8, 9, 10, 11]
+
+
+def test_build_and_verify_draw_a_bar_that_quiet_silences(tmp_path, monkeypatch, capsys):
+    from varmem.cli import main
+
+    monkeypatch.setenv("VARMEM_PROGRESS", "1")  # stderr is not a terminal under pytest: force the bar on
+    build = ["data", "build", "--source", "strokes", "--classes", "6", "--images-per-class", "3", "--workers", "1"]
+    assert main(build + ["--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "building a:" in err and "/6 [" in err and "class/s" in err
+    assert main(["data", "verify", str(tmp_path / "a")]) == 0
+    assert "verifying" in capsys.readouterr().err
+    assert main(build + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert main(["data", "verify", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("VARMEM_PROGRESS", "0")
+    assert main(["data", "verify", str(tmp_path / "b")]) == 0
+    assert "verifying" not in capsys.readouterr().err

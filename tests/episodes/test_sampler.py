@@ -127,7 +127,7 @@ def test_binarization(ds):
         (dict(ways=10, distractors=9), r"asks for 19 classes"),
         (dict(ways=7, alphabet="within"), r"within one alphabet but the largest alphabet .* has 6"),
         (dict(shots=5, targets=5), r"needs 10 images per class \(shots \+ targets = 5 \+ 5\) but the smallest class .* has 9"),
-        (dict(split="test"), r"no split 'test'"),
+        (dict(split="valid"), r"no split 'valid'; this dataset has 'background', 'evaluation'"),
     ],
 )
 def test_spec_that_asks_for_too_much_names_what(ds, kwargs, message):

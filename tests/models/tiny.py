@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import pytest
 import torch
 
 from varmem.models import FamilyConfig, build_model, family
@@ -30,3 +31,13 @@ def episodes(G: int = 2, M: int = 3, T: int = 2, size: int = 26, seed: int = 0):
     targets = torch.gather(memory, 1, pick[:, :, None, None, None].expand(G, T, 1, size, size)).clone()
     flip = torch.rand(targets.shape, generator=g) < 0.05
     return memory, torch.where(flip, 1 - targets, targets)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread (the machine is shared with training runs). Autouse in every test
+    module that imports it (``from tests.models.tiny import one_torch_thread``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

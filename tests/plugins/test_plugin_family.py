@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 PLUGIN = Path(__file__).with_name("memory_mixture.py")
-VARMEM = [sys.executable, "-c", "import sys; from varmem.distributed.cli import main; sys.exit(main(sys.argv[1:]))"]
+VARMEM = [sys.executable, "-c", "import sys; from varmem.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def varmem(*args, cwd: Path) -> subprocess.CompletedProcess:

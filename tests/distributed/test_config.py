@@ -16,7 +16,7 @@ from varmem.distributed.config import (
     TrainConfig,
 )
 from varmem.models.registry import build_model, family
-from tests.training.helpers import tiny_raw, write_config
+from tests.distributed.helpers import tiny_raw, write_config
 
 CONFIGS = [p for p in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")) if not p.name.startswith("space_")]  # space_*: Tune search spaces
 
@@ -169,7 +169,7 @@ def test_model_section_is_typed_by_its_family():
         RunConfig.load(None, ["model.prior=flat", "model.name=vae"])
 
 
-@pytest.mark.parametrize("override", ["model.factory=os:system", "model.factory=tests.training.standin:build"])
+@pytest.mark.parametrize("override", ["model.factory=os:system", "model.factory=tests.distributed.standin:build"])
 def test_a_config_cannot_import_code(override, tmp_path):
     """model.factory (varmem <= 0.1) is gone: a config names a registered family, it never imports one."""
     with pytest.raises(ConfigError, match="unknown key 'factory'"):

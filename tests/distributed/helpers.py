@@ -8,7 +8,7 @@ import yaml
 
 from varmem.models.registry import load_plugins
 
-from tests.training.standin import PLUGIN
+from tests.distributed.standin import PLUGIN
 
 load_plugins([PLUGIN])  # registers the standin family (and hands it to Ray workers)
 

@@ -8,7 +8,7 @@ RNG, as the real models do, so resume tests see whether the RNG state is restore
 ``global_noise=True`` also scales the loss by a factor drawn from numpy's and Python's global RNGs
 (so that a resume that forgot to restore them would show).
 Registered as the ``standin`` family by this module (a plugin, as a research user's family would be:
-``load_plugins(["tests.training.standin"])`` or ``--plugin tests.training.standin``).
+``load_plugins(["tests.distributed.standin"])`` or ``--plugin tests.distributed.standin``).
 Config: ``model: {name: standin, latent: 4, address: false}``.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from varmem.models.base import Batch, Capability, FewShotModel, Objective
 from varmem.models.registry import FamilyConfig, register
 
-PLUGIN = "tests.training.standin"
+PLUGIN = "tests.distributed.standin"
 CAPABILITIES = frozenset({Capability.LIKELIHOOD, Capability.SAMPLING})
 
 

@@ -10,23 +10,15 @@ import pytest
 import torch
 
 from varmem.distributed.config import ConfigError, RunConfig, TrainingDiverged
-from varmem.distributed.train_loop import (
-    CHECKPOINT_DIR,
-    FINAL_FILE,
-    METRICS_FILE,
-    TrainContext,
-    evaluate_bound,
-    few_shot_accuracy,
-    list_checkpoints,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-    train,
-    validation_batches,
-)
+from varmem.distributed.rundir import CHECKPOINT_DIR, FINAL_FILE, METRICS_FILE, list_checkpoints, load_checkpoint
+from varmem.distributed.seeding import rng_state, set_rng_state
+from varmem.distributed import train_loop
+from varmem.distributed.train_loop import TrainContext, train
+from varmem.distributed.validation import validation_batches
+from varmem.models.eval.bound import evaluate_bound, few_shot_accuracy
 from varmem.episodes.dataset import Dataset
-from tests.training.helpers import tiny_raw
-from tests.training.standin import LinearMemoryVAE
+from tests.distributed.helpers import tiny_raw
+from tests.distributed.standin import LinearMemoryVAE
 
 QUIET = TrainContext(quiet=True)
 
@@ -80,11 +72,24 @@ def test_checkpoint_contents(tiny_data, tmp_path):
     state = load_checkpoint(list_checkpoints(run)[-1][1])  # torch.load(weights_only=True) reads it
     assert state["step"] == 4 and state["format"] == 1
     assert RunConfig.from_dict(state["config"]) == cfg.resolve_paths()
+    assert tuple(state["image_shape"]) == (26, 26)  # (H, W): the model builds without the dataset
     assert set(state["model"]) == {"encoder.weight", "encoder.bias", "context.weight", "context.bias", "decoder.weight", "decoder.bias"}
     assert state["optimizer"]["state"][0]["step"] == 4  # Adam's moments after 4 updates
     rng = state["rng_by_rank"][0]
     assert {"python", "numpy", "torch"} <= set(rng)
     assert state["stream"]["step"] == 4 and state["stream"]["batch"] == 2 and state["stream"]["spec"]["ways"] == 3
+
+
+def test_a_long_validation_says_how_far_it_is(tiny_data, tmp_path, monkeypatch):
+    """Past VALIDATION_PROGRESS_AFTER_S a validation emits a line per tenth of its episodes (here: at once)."""
+    monkeypatch.setattr(train_loop, "VALIDATION_PROGRESS_AFTER_S", 0.0)
+    lines: list[str] = []
+    train(config(tiny_data, tmp_path / "run", train={"steps": 2, "val_every": 2, "val_episodes": 10, "eval_batch": 2}),
+          context=TrainContext(log=lines.append))
+    progress = [line for line in lines if line.startswith("  validating")]
+    assert [line.split(": ")[1].split(" episodes")[0] for line in progress] == ["2/10", "4/10", "6/10", "8/10"]
+    assert progress[0].startswith("  validating step 2 on evaluation: 2/10 episodes") and "ETA" in progress[0]
+    assert lines.index(progress[-1]) < next(i for i, line in enumerate(lines) if line.startswith("val "))
 
 
 def test_rng_state_round_trips_through_a_checkpoint_file(tmp_path):
@@ -175,7 +180,7 @@ def test_input_errors_come_before_any_write(tiny_data, tmp_path):
     with pytest.raises(Exception, match="asks for 7 classes"):
         train(config(tiny_data, run, episode={"eval": {"ways": 7, "shots": 1, "targets": 1}}), context=QUIET)
     with pytest.raises(ConfigError, match="model.factory"):
-        train(config(tiny_data, run, model={"factory": "tests.training.nope:build"}), context=QUIET)
+        train(config(tiny_data, run, model={"factory": "tests.distributed.nope:build"}), context=QUIET)
     assert not run.exists()
 
 
@@ -237,7 +242,7 @@ def test_real_models_train_and_resume_exactly(tiny_data, tmp_path, name):
 def test_learned_memory_is_trained_without_weight_decay():
     """VMA §4.3: weight decay on every parameter but the learned memory's entries."""
     from varmem.distributed.config import OptimConfig
-    from varmem.distributed.train_loop import build_optimizer
+    from varmem.distributed.run import build_optimizer
     from varmem.models.learned_memory import no_weight_decay_names
     from tests.models.tiny import tiny_model
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from varmem.distributed.cli import main
-from varmem.distributed.train_loop import FINAL_FILE, list_checkpoints
-from tests.training.helpers import tiny_raw, write_config
+from varmem.cli import main
+from varmem.distributed.rundir import FINAL_FILE, list_checkpoints
+from tests.distributed.helpers import tiny_raw, write_config
 
 
 def run(argv, capsys):

@@ -1,0 +1,172 @@
+"""The search: check everything a user can get wrong, connect to Ray, fit a ``Tuner`` of
+:func:`varmem_trial` over the space, and write the results (:func:`run_search`).
+
+Scheduling: ``--scheduler asha`` is ``ASHAScheduler(time_attr="step", max_t=train.steps,
+grace_period, reduction_factor, stop_last_trials=False)``; trials run as many at once as the
+cluster's CPUs hold (or ``--max-concurrent``). ``--resume`` restores the experiment with
+``Tuner.restore(SEARCH_DIR/tune, trainable=...)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from varmem.distributed import cluster
+from varmem.distributed.config import ConfigError, RunConfig
+from varmem.distributed.search.results import collect_rows, format_table, write_results
+from varmem.distributed.search.searchdir import (BEST_CONFIG, RESULTS_CSV, RESULTS_JSON, SEARCH_FILE, TUNE_DIR,
+                                                 SearchOptions, clear_search_dir, load_search, save_search)
+from varmem.distributed.search.space import Space, check_space, preflight
+from varmem.distributed.search.trial import METRIC, MODE, TIME_ATTR, TrialSetup, trial_dirname, varmem_trial
+
+DRIVER_CPUS = 0.01  # a --workers N trial only drives its TorchTrainer (Tune refuses {"cpu": 0})
+
+
+@dataclass
+class SearchResult:
+    search_dir: Path
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    interrupted: bool  # some trials are unfinished: `varmem tune --resume --out SEARCH_DIR` continues them
+
+
+def run_search(base: RunConfig | None, space: Space | None, options: SearchOptions | None, search_dir: str | Path, *,
+               resume: bool = False, overwrite: bool = False, address: str | None = None, quiet: bool = False,
+               space_file: str | Path | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
+    """Run (or with ``resume`` continue) a search; writes the results table and the best config.
+
+    A fresh search needs ``base``, ``space`` and ``options``; ``resume`` takes them from
+    ``SEARCH_DIR/search.yaml`` (pass None). Every problem a user can fix raises ConfigError before
+    Ray is reached and before anything is written."""
+    emit = log or (lambda line: print(line, flush=True))
+    given_dir = Path(search_dir)
+    search_dir = given_dir.expanduser().resolve()
+    where = str(space_file) if space_file is not None else "space"
+
+    # 1. what to run (nothing written yet)
+    if resume:
+        if base is not None or space is not None or options is not None:
+            raise ConfigError("--resume continues the search in SEARCH_DIR with its own config, space and options "
+                              f"({search_dir / SEARCH_FILE}): leave out --config, --space and the search options")
+        base, space, options, cwd, where = load_search(search_dir)
+        if not (search_dir / TUNE_DIR).is_dir():
+            raise ConfigError(f"nothing to resume: {search_dir / TUNE_DIR} is missing (start the search without --resume)")
+    else:
+        if base is None or space is None:
+            raise ConfigError("varmem tune needs --config FILE and --space SPACE.yaml (or --resume --out SEARCH_DIR)")
+        options = options or SearchOptions()
+        cwd = Path.cwd()
+        if (search_dir / SEARCH_FILE).exists() or (search_dir / TUNE_DIR).exists():
+            if not overwrite:
+                raise ConfigError(f"{search_dir} already holds a search: pass --resume to continue it "
+                                  "or --overwrite to start it again")
+    options.check(base)
+    resolved = base.resolve_paths(cwd)
+    space, variants = check_space(space, resolved, where)
+    preflight([({}, resolved)] + variants, where)
+    if options.scheduler == "asha" and (not base.train.val_every or base.train.val_every >= base.train.steps):
+        emit(f"warning: train.val_every={base.train.val_every} validates only at the end of train.steps={base.train.steps}: "
+             "ASHA has nothing to stop trials on (set train.val_every)")
+
+    # 2. the cluster (before writing: a missing cluster writes nothing)
+    with cluster.connected(address, log_to_driver=not quiet):
+        cluster_cpus = _check_cluster(options)
+        if not resume:
+            if overwrite:
+                clear_search_dir(search_dir)
+            search_dir.mkdir(parents=True, exist_ok=True)
+            save_search(search_dir, base, space, options, cwd, where)
+        grid = _fit(resolved, space, options, search_dir, resume=resume, cluster_cpus=cluster_cpus, quiet=quiet)
+        rows = collect_rows(grid, space, search_dir, resolved.train.steps, quiet=quiet)
+
+    # 3. results
+    best = write_results(search_dir, given_dir, base, space, options, rows)
+    interrupted = any(r["status"] in ("unfinished", "not started") for r in rows)
+    emit(format_table(rows, space, best))
+    emit(f"results: {given_dir / RESULTS_CSV}, {given_dir / RESULTS_JSON}")
+    if best is not None:
+        emit(f"best: trial {best['trial']}, final validation NLL bound {best['val_nll_final']:.3f} nats → "
+             f"{given_dir / BEST_CONFIG}  (varmem train --config {given_dir / BEST_CONFIG})")
+    if interrupted:
+        emit(f"the search was interrupted: continue it with `varmem tune --resume --out {given_dir}`")
+    return SearchResult(search_dir=search_dir, rows=rows, best=best, interrupted=interrupted)
+
+
+def _check_cluster(options: SearchOptions) -> float:
+    """The cluster's CPUs; ConfigError when one trial needs more than the cluster has (it would wait forever)."""
+    import ray
+
+    if not options.workers:
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        if options.cpus_per_trial > cpus:
+            raise ConfigError(f"--cpus-per-trial {options.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs")
+        return cpus
+    resources = cluster.check_resources(options.workers, options.cpus_per_trial, 0.0)
+    need = options.workers * options.cpus_per_trial + DRIVER_CPUS
+    if need > resources["CPU"]:
+        fits = (resources["CPU"] - DRIVER_CPUS) / options.workers
+        raise ConfigError(
+            f"a trial of {options.workers} worker(s) × {options.cpus_per_trial:g} CPU and its driver ({DRIVER_CPUS:g} CPU) "
+            f"needs {need:g} CPUs but the Ray cluster at {resources['address']} has {resources['CPU']:g}: "
+            f"pass --cpus-per-trial {math.floor(fits * 100) / 100:g} (CPUs per worker; Ray's CPUs are logical), "
+            "fewer --workers, or a cluster with more logical CPUs (ray start --head --num-cpus N)")
+    return resources["CPU"]
+
+
+def _fit(base: RunConfig, space: Space, options: SearchOptions, search_dir: Path, *, resume: bool,
+         cluster_cpus: float, quiet: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from varmem.models.registry import loaded_plugins
+
+    setup = TrialSetup(config=base.to_dict(), search_dir=str(search_dir), workers=options.workers, plugins=tuple(loaded_plugins()),
+                       cpus_per_worker=options.cpus_per_trial)
+    # in-process: the trial trains, so it holds its CPUs; --workers N: a thin driver, its workers hold the CPUs
+    resources = {"cpu": options.cpus_per_trial} if options.workers == 0 else {"cpu": DRIVER_CPUS}
+    trainable = tune.with_resources(tune.with_parameters(varmem_trial, setup=setup), resources)
+    experiment = search_dir / TUNE_DIR
+    # CheckpointConfig(num_to_keep=1) snapshots the experiment at every trial checkpoint (what --resume wants);
+    # Tune warns about it each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise ConfigError(f"nothing to resume: {experiment} holds no Tune experiment state")
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
+        return _quietly(tuner.fit, quiet)
+    per_trial = options.cpus_per_trial * options.workers + DRIVER_CPUS if options.workers else options.cpus_per_trial
+    concurrent = options.max_concurrent or max(1, int(cluster_cpus // per_trial))
+    if options.scheduler == "asha":
+        # stop_last_trials=False: a trial that reaches max_t ends by itself (its final metrics and checkpoint
+        # written), instead of being stopped by its last report, which comes before the final files
+        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=base.train.steps, grace_period=options.grace(base),
+                                  reduction_factor=options.reduction_factor, stop_last_trials=False)
+    else:
+        scheduler = FIFOScheduler()
+    tuner = tune.Tuner(
+        trainable,
+        param_space={key: param.domain() for key, param in space.items()},
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, scheduler=scheduler, num_samples=options.samples,
+            # the generator limits concurrency itself (Tune ignores max_concurrent_trials with a SearchGenerator)
+            search_alg=BasicVariantGenerator(random_state=options.seed, max_concurrent=concurrent),
+            trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(search_dir), verbose=0 if quiet else 1,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a copy for restore; the run keeps its own
+            failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    return _quietly(tuner.fit, quiet)
+
+
+def _quietly(fit: Callable[[], Any], quiet: bool) -> Any:
+    """``fit()``; with ``quiet`` without Tune's tables on stdout (Tune prints some at every verbosity)."""
+    if not quiet:
+        return fit()
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        return fit()

@@ -1,0 +1,116 @@
+"""Plots of evaluation results, with matplotlib (``varmem.plotting``: Agg, one style, atomic PNG).
+
+* :func:`line_plot`: the generic helper — series of y (± error bars) against shared x, which may be
+  categories (evenly spaced, e.g. the tables' n and C) or numbers on a linear or log axis (e.g. a
+  scaling curve over memory sizes); flagged points are ringed and a footnote explains them.
+* :func:`nll_examples_plot`, :func:`nll_classes_plot`: one run's NLL tables; the classes plot
+  draws the optimum dashed and flags rows below it (see ``nll_tables.OPTIMUM_NOTE``).
+* :func:`nll_comparison_plot`: several runs' tables in one plot.
+
+Each returns a matplotlib Figure; ``varmem.plotting.save_figure(fig, path)`` writes it.
+Importing this module does not import matplotlib.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from varmem.models.eval.nll_tables import OPTIMUM_NOTE
+
+
+@dataclass
+class Series:
+    """One line of a :func:`line_plot`: ``y`` over the plot's x (None or NaN: no point there),
+    optional error half-widths ``err``, ``dashed`` for a reference line, ``flagged`` points ringed."""
+
+    label: str
+    y: Sequence[float | None]
+    err: Sequence[float | None] | None = None
+    dashed: bool = False
+    flagged: Sequence[bool] | None = None
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def line_plot(x: Sequence[Any], series: Sequence[Series], *, title: str, x_label: str, y_label: str,
+              x_scale: str = "category", footnote: str | None = None, size: tuple[float, float] | None = None):
+    """A line plot of ``series`` against ``x``: ``x_scale`` "category" (x as evenly spaced labels),
+    "linear" or "log" (x numbers). Flagged points get a ring and ``footnote`` (wrapped) goes under
+    the axes. Returns the Figure."""
+    from varmem.plotting import MARKERS, SIZE, add_footnote, new_figure
+
+    if x_scale not in ("category", "linear", "log"):
+        raise ValueError(f"line_plot: x_scale must be category, linear or log, got {x_scale!r}")
+    fig, ax = new_figure(size or SIZE)
+    pos = list(range(len(x))) if x_scale == "category" else [float(v) for v in x]
+    for k, s in enumerate(series):
+        pts = [(p, y, (s.err or [None] * len(x))[i]) for i, (p, y) in enumerate(zip(pos, s.y)) if _finite(y)]
+        if not pts:
+            continue
+        px, py, pe = zip(*pts)
+        style = dict(linestyle="--", color="0.45", marker=None) if s.dashed else dict(marker=MARKERS[k % len(MARKERS)])
+        errs = [e if _finite(e) else 0.0 for e in pe]
+        ax.errorbar(px, py, yerr=errs if any(errs) else None, label=s.label, capsize=3, linewidth=1.5, **style)
+        flags = [(p, y) for i, (p, y) in enumerate(zip(pos, s.y)) if _finite(y) and s.flagged and s.flagged[i]]
+        if flags:
+            fx, fy = zip(*flags)
+            ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="tab:red", linewidths=1.5, zorder=5,
+                       label=f"{s.label}: below its optimum (see note)")
+    if x_scale == "category":
+        ax.set_xticks(pos)
+        ax.set_xticklabels([str(v) for v in x])
+    elif x_scale == "log":
+        ax.set_xscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if any(s.label for s in series):
+        ax.legend(fontsize=8, frameon=False)
+    if footnote:
+        add_footnote(fig, footnote)
+    return fig
+
+
+def _flag_note(flagged: Sequence[str]) -> str | None:
+    """The footnote of a plot whose points ``flagged`` (e.g. "C=1") are ringed, or None."""
+    return f"Ringed ({', '.join(flagged)}): below its optimum; {OPTIMUM_NOTE}." if flagged else None
+
+
+def nll_examples_plot(rows: Sequence[dict[str, Any]]):
+    """The NLL-vs-examples table as a line plot (± standard error)."""
+    return line_plot([r["examples"] for r in rows],
+                     [Series("NLL bound ± s.e.", [r["nll"] for r in rows], [r["stderr"] for r in rows])],
+                     title="NLL vs examples of one class in memory", x_label="examples in memory", y_label="NLL (nats)")
+
+
+def nll_classes_plot(rows: Sequence[dict[str, Any]]):
+    """The NLL-vs-classes table as a line plot, the optimum dashed, rows below it ringed and explained."""
+    title = f"NLL vs classes in memory ({rows[0]['examples_per_class']} examples each)" if rows else "NLL vs classes"
+    return line_plot([r["classes"] for r in rows],
+                     [Series("NLL bound ± s.e.", [r["nll"] for r in rows], [r["stderr"] for r in rows],
+                             flagged=[bool(r.get("beats_optimum")) for r in rows]),
+                      Series("optimum (own class + log C)", [r["optimum"] for r in rows], dashed=True)],
+                     title=title, x_label="classes in memory", y_label="NLL (nats)", footnote=_flag_note([f"C={r['classes']}" for r in rows if r.get("beats_optimum")]))
+
+
+def nll_comparison_plot(results: Sequence[tuple[str, dict[str, Any]]], table: str = "examples"):
+    """Several runs' NLL tables in one plot: ``results`` = (label, protocol result) pairs, ``table``
+    "examples" or "classes"; x is the union of the rows' n (or C), a run without a row at some x
+    has a gap there. Rows below their optimum are ringed."""
+    if table not in ("examples", "classes"):
+        raise ValueError(f"table must be 'examples' or 'classes', got {table!r}")
+    key = "examples" if table == "examples" else "classes"
+    tables = [(label, {r[key]: r for r in (res.get(f"nll_vs_{table}") or [])}) for label, res in results]
+    xs = sorted({x for _, rows in tables for x in rows})
+    series = [Series(label, [rows[x]["nll"] if x in rows else None for x in xs],
+                     [rows[x]["stderr"] if x in rows else None for x in xs],
+                     flagged=[bool(rows.get(x, {}).get("beats_optimum")) for x in xs])
+              for label, rows in tables]
+    flagged = [f"{label} C={x}" for label, rows in tables for x in xs if rows.get(x, {}).get("beats_optimum")]
+    title = ("NLL bound vs examples of one class in memory (± s.e.)" if table == "examples"
+             else "NLL bound vs classes in memory (± s.e.)")
+    return line_plot(xs, series, title=title, x_label="examples in memory" if table == "examples" else "classes in memory",
+                     y_label="NLL (nats)", footnote=_flag_note(flagged))

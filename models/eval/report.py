@@ -1,0 +1,273 @@
+"""Evaluation results as text: one run's tables (:func:`format_tables`, :func:`format_headline`) and
+several runs side by side (:func:`format_comparison`), as console or Markdown tables.
+
+Comparing runs: :func:`run_info` reads what a saved evaluation says about itself (dataset, split,
+K, seed, episodes, step, headline bound); :func:`comparison_problems` says why two cannot be
+compared (another dataset, split or K). Differences between runs are *paired* (the standard error
+of per-episode differences) when both runs scored the same episodes — the same dataset, split,
+seed and episode count, with per-episode values saved — and *unpaired* (√(s₁² + s₂²)) otherwise;
+the tables say which.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from varmem.models.eval.capabilities import METHODS
+from varmem.models.eval.nll_tables import OPTIMUM_NOTE
+
+FLAG = "†"  # a row below its optimum
+# keys of a headline result that are not the family's objective terms
+HEADLINE_BOOKKEEPING = ("nll_bound", "nll_bound_stderr", "objective_nll_bound", "accuracy", "accuracy_stderr", "seed",
+                        "samples", "objective_samples", "episodes", "step")
+TERM_LABELS = {"reconstruction": "−E log p(x|...) (reconstruction)", "kl_address": "KL(q(a|x) || p(a))",
+               "kl_latent": "KL(q(z|...) || p(z|...))"}
+
+
+def _f(v: float | None, spec: str = ".2f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return format(round(v, int(spec.split(".")[1][:-1])) + 0.0, spec)  # + 0.0: no "-0.000" for a rounded-away negative
+
+
+def _acc(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "—"
+    return f"{100 * r['accuracy']:6.2f} ± {_f(None if r['ci95'] is None else 100 * r['ci95'])} %"
+
+
+def dataset_label(info: dict[str, Any] | None) -> str:
+    """``strokes26 (strokes)`` from a result's "dataset" field."""
+    if not info:
+        return "unknown dataset"
+    return f"{info.get('name', '?')} ({info['source']})" if info.get("source") else str(info.get("name", "?"))
+
+
+def optimum_footnote(rows: Sequence[dict[str, Any]]) -> str | None:
+    """The note under a classes table with rows below their optimum, naming them."""
+    flagged = [r for r in rows if r.get("beats_optimum")]
+    if not flagged:
+        return None
+    within = ", ".join(f"C={r['classes']} ({_f(r['gap'], '+.2f')} ± {_f(r.get('gap_stderr'))})" for r in flagged)
+    return f"{FLAG} {within}: below its optimum; {OPTIMUM_NOTE}."
+
+
+def format_headline(result: dict[str, Any], family: str = "") -> str:
+    """The headline of ``varmem eval``: run, step, episodes, the K-sample bound, the family's terms, accuracy."""
+    ep = result["episode"]
+    shape = f"{ep['ways']}-way, {ep['shots']} shots, {ep['targets']} targets" + (
+        f", {ep['distractors']} distractor classes" if ep["distractors"] else "") + (
+        ", targets from memory" if ep["targets_from_memory"] else "")
+    out = [f"{result['run_dir']} at step {result['step']} ({result['checkpoint'].rsplit('/', 1)[-1]})",
+           f"  {result['episodes']} episodes of {dataset_label(result.get('dataset'))}/{result['split']} ({shape}), "
+           f"seed {result['seed']}"]
+    if "nll_bound" in result:
+        out.append(f"  NLL bound (K={result['samples']})       {result['nll_bound']:10.3f} ± {result['nll_bound_stderr']:.3f} nats")
+    if "objective_nll_bound" in result:
+        out.append(f"  NLL bound (K={result['objective_samples']}, objective)  {result['objective_nll_bound']:10.3f} nats")
+    for key, value in result.items():  # the family's objective terms, by name
+        if key in HEADLINE_BOOKKEEPING or not isinstance(value, float):
+            continue
+        value = -value if key == "reconstruction" else value
+        out.append(f"    {TERM_LABELS.get(key, key):<28} {value:10.3f}")
+    if "accuracy" in result:
+        out.append(f"  few-shot accuracy ({family or 'the family'}'s classifier) {100 * result['accuracy']:9.2f} ± "
+                   f"{100 * result['accuracy_stderr']:.2f} %")
+    return "\n".join(out)
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    """The protocol's results as console tables."""
+    out: list[str] = []
+    K, E = result.get("samples"), result.get("episodes")
+    where = f"{dataset_label(result.get('dataset'))}, split {result.get('split')}"
+    rows = result.get("nll_vs_examples")
+    if rows is not None:
+        out.append(f"NLL bound vs examples of one class in memory (K={K}, the same {E} episodes' targets in every row, "
+                   f"{where})")
+        first = rows[0]["examples"] if rows else 1
+        out.append(f"  {'examples':>8}  {'NLL':>9}  {'± s.e.':>7}  {f'vs n={first}':>8}  {'± s.e.':>7}  {'KL(a)':>7}  {'KL(z)':>7}")
+        for r in rows:
+            out.append(f"  {r['examples']:>8}  {_f(r['nll']):>9}  {_f(r['stderr']):>7}  {_f(r.get('change'), '+.2f'):>8}  "
+                       f"{_f(r.get('change_stderr')):>7}  {_f(r['kl_address'], '.3f'):>7}  {_f(r['kl_latent']):>7}")
+    rows = result.get("nll_vs_classes")
+    if rows is not None:
+        out.append(f"NLL bound vs classes in memory ({result.get('examples_per_class')} examples per class, K={K}, {where})")
+        out.append(f"  {'classes':>7}  {'|M|':>6}  {'NLL':>9}  {'± s.e.':>7}  {'optimum':>9}  {'gap':>7}  {'± s.e.':>7}  {'KL(a)':>7}")
+        for r in rows:
+            out.append(f"  {r['classes']:>7}  {r['memory_size']:>6}  {_f(r['nll']):>9}  {_f(r['stderr']):>7}  "
+                       f"{_f(r['optimum']):>9}  {_f(r['nll'] - r['optimum'], '+.2f'):>7}  {_f(r.get('gap_stderr')):>7}  "
+                       f"{_f(r['kl_address'], '.3f'):>7}" + (f"  {FLAG}" if r.get("beats_optimum") else ""))
+        out.append("  optimum: a perfect model of C disjoint classes on the row's targets: "
+                   "−log p(x | its own class's examples) + log C")
+        note = optimum_footnote(rows)
+        if note:
+            out.append(f"  {note}")
+    cls = result.get("classification")
+    if cls is not None:
+        n_q, n_l = result.get("classification_episodes"), result.get("likelihood_episodes")
+        episodes = f"{n_q} episodes" if n_l in (None, n_q) else f"{n_q} episodes by q(a|x), {n_l} by likelihood"
+        out.append(f"Few-shot classification ({episodes}, one query per class, accuracy ± 95% CI)")
+        out.append(f"  {'task':<14}  {'q(a|x)':>18}  {'likelihood (K=' + str(result.get('likelihood_samples')) + ')':>20}")
+        for name, entry in cls.items():
+            ways, shots = name.replace("shot", "").split("way")
+            out.append(f"  {ways + '-way ' + shots + '-shot':<14}  {_acc(entry.get('q_a')):>18}  {_acc(entry.get('likelihood')):>20}")
+    lake = result.get("lake_runs")
+    if lake is not None:
+        out.append(f"Lake's one-shot runs ({lake['runs']} runs, {'/'.join(map(str, lake['ways']))}-way 1-shot, {lake['dir']})")
+        for m, label in (("q_a", "q(a|x)"), ("likelihood", "likelihood")):
+            if m in lake:
+                out.append(f"  {label:<12} {_acc(lake[m])}   error {100 * (1 - lake[m]['accuracy']):.1f}%")
+    if result.get("skipped"):
+        out.append("Skipped (the model's capabilities or the split do not allow them):")
+    for line in result.get("skipped") or []:
+        out.append(f"  {line}")
+    if result.get("pictures"):
+        out.append("Pictures:")
+        out.extend(f"  {p}" for p in result["pictures"])
+    return "\n".join(out)
+
+
+# --- several runs -------------------------------------------------------------------------------------
+
+
+def run_info(label: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """What a saved evaluation (``varmem eval --save``) says about itself; None where it does not say."""
+    protocol = saved.get("protocol") or {}
+    return {"label": label, "dataset": protocol.get("dataset") or saved.get("dataset"),
+            "split": protocol.get("split", saved.get("split")), "samples": protocol.get("samples", saved.get("samples")),
+            "seed": protocol.get("seed", saved.get("seed")), "episodes": protocol.get("episodes"),
+            "step": saved.get("step"), "nll_bound": saved.get("nll_bound"), "nll_bound_stderr": saved.get("nll_bound_stderr"),
+            "bound_episodes": saved.get("episodes")}
+
+
+def _dataset_key(info: dict[str, Any]) -> Any:
+    d = info.get("dataset")
+    if not d:
+        return None
+    return d.get("fingerprint") or (d.get("name"), d.get("source"))
+
+
+def comparison_problems(infos: Sequence[dict[str, Any]]) -> list[str]:
+    """Why ``infos`` cannot be compared: a line per field (dataset, split, K) that differs or is unknown."""
+    problems = []
+    for what, key in (("dataset", _dataset_key), ("split", lambda i: i.get("split")), ("K", lambda i: i.get("samples"))):
+        values = [key(i) for i in infos]
+        if any(v is None for v in values) or len(set(map(repr, values))) > 1:
+            shown = ", ".join(f"{i['label']}: {dataset_label(i['dataset']) if what == 'dataset' and i['dataset'] else key(i) if key(i) is not None else 'unknown'}"
+                              for i in infos)
+            problems.append(f"{what} differs or is unknown ({shown})")
+    return problems
+
+
+def same_episodes(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two runs' tables scored the same episodes (same dataset, split, seed and episode count)."""
+    return (_dataset_key(a) is not None and _dataset_key(a) == _dataset_key(b)
+            and all(a.get(k) is not None and a.get(k) == b.get(k) for k in ("split", "seed", "episodes")))
+
+
+def _difference(ra: dict[str, Any] | None, rb: dict[str, Any] | None, paired: bool) -> str:
+    """``rb − ra`` of one table row: ``+13.91 ± 0.71`` (paired over per-episode values, or unpaired)."""
+    if ra is None or rb is None:
+        return "—"
+    if paired:
+        xa, xb = ra["nll_per_episode"], rb["nll_per_episode"]
+        d = [b - a for a, b in zip(xa, xb)]
+        mean = sum(d) / len(d)
+        se = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d)) if len(d) > 1 else None
+        return f"{_f(mean, '+.2f')} ± {_f(se)}"
+    se = None if ra.get("stderr") is None or rb.get("stderr") is None else math.hypot(ra["stderr"], rb["stderr"])
+    return f"{_f(rb['nll'] - ra['nll'], '+.2f')} ± {_f(se)}"
+
+
+def _pairable(rows_a: dict, rows_b: dict) -> bool:
+    common = set(rows_a) & set(rows_b)
+    return bool(common) and all(
+        isinstance(rows_a[x].get("nll_per_episode"), list) and isinstance(rows_b[x].get("nll_per_episode"), list)
+        and len(rows_a[x]["nll_per_episode"]) == len(rows_b[x]["nll_per_episode"]) for x in common)
+
+
+def _runs_block(infos: Sequence[dict[str, Any]]) -> tuple[str, str, list[str], list[list[str]]]:
+    header = ["run", "dataset", "split", "step", "K", "seed", "episodes", "headline NLL bound", f"vs {infos[0]['label']} (unpaired)"]
+    rows = []
+    ref = infos[0]
+    for i in infos:
+        bound = "—" if i["nll_bound"] is None else f"{_f(i['nll_bound'])} ± {_f(i['nll_bound_stderr'])}"
+        diff = "—"
+        if i is not ref and i["nll_bound"] is not None and ref["nll_bound"] is not None:
+            se = (None if i["nll_bound_stderr"] is None or ref["nll_bound_stderr"] is None
+                  else math.hypot(i["nll_bound_stderr"], ref["nll_bound_stderr"]))
+            diff = f"{_f(i['nll_bound'] - ref['nll_bound'], '+.2f')} ± {_f(se)}"
+        rows.append([i["label"], dataset_label(i["dataset"]), str(i["split"]), str(i["step"]), str(i["samples"]),
+                     str(i["seed"]), str(i["episodes"]), bound, diff])
+    return "Runs (headline bound over each run's own eval episodes)", "run", header, rows
+
+
+def format_comparison(results: Sequence[tuple[str, dict[str, Any]]], markdown: bool = False,
+                      infos: Sequence[dict[str, Any]] | None = None) -> str:
+    """Several runs' protocol results side by side: NLL vs examples (each run's change vs its first
+    row, paired within the run), NLL vs classes (with each run's own optimum) and classification
+    accuracy, one column per run, then each run's difference from the first (paired or unpaired, as
+    the header says). ``infos`` (from :func:`run_info`) adds the table of runs. Console tables or
+    (``markdown``) Markdown tables under bold titles."""
+    labels = [label for label, _ in results]
+    blocks: list[tuple[str, str, list[str], list[list[str]]]] = []  # (title, first column, header, rows)
+    if infos:
+        blocks.append(_runs_block(infos))
+    notes: list[str] = []
+    for table, key, title in (("examples", "examples", "NLL bound vs examples of one class in memory "
+                                                       "(nats ± s.e. (change vs the run's first row ± paired s.e.))"),
+                              ("classes", "classes", "NLL bound vs classes in memory (nats ± s.e. [optimum])")):
+        by = [{r[key]: r for r in (res.get(f"nll_vs_{table}") or [])} for _, res in results]
+        xs = sorted({x for rows in by for x in rows})
+        if not xs:
+            continue
+        paired = [infos is not None and same_episodes(infos[0], infos[k]) and _pairable(by[0], by[k])
+                  for k in range(len(results))]
+        header = [key, *labels] + [f"{labels[k]} − {labels[0]} ({'paired' if paired[k] else 'unpaired'})"
+                                   for k in range(1, len(labels))]
+        rows = []
+        for x in xs:
+            row = [str(x)]
+            for found in by:
+                r = found.get(x)
+                text = "—" if r is None else f"{_f(r['nll'])} ± {_f(r['stderr'], '.1f')}"
+                if r is not None and table == "examples" and x != min(found) and r.get("change") is not None:
+                    text += f" ({_f(r['change'], '+.2f')} ± {_f(r['change_stderr'])})"
+                if r is not None and table == "classes":
+                    text += f" [{_f(r['optimum'], '.1f')}]" + (FLAG if r.get("beats_optimum") else "")
+                row.append(text)
+            row += [_difference(by[0].get(x), by[k].get(x), paired[k]) for k in range(1, len(by))]
+            rows.append(row)
+        blocks.append((title, key, header, rows))
+        if table == "classes" and any(r.get("beats_optimum") for rows_ in by for r in rows_.values()):
+            notes.append(f"{FLAG} below its optimum; {OPTIMUM_NOTE}.")
+    if len(labels) > 1:
+        notes.append("paired: the same episodes' targets in both runs (same dataset, split, seed and episodes), s.e. over "
+                     "per-episode differences; unpaired: s.e. √(s₁² + s₂²) — the episodes or seeds differ, or the files "
+                     "hold no per-episode values.")
+    tasks = list(dict.fromkeys(t for _, res in results for t in (res.get("classification") or {})))
+    rows = []
+    for t in tasks:
+        row = [t]
+        for _, res in results:
+            entry = (res.get("classification") or {}).get(t) or {}
+            row.append(" / ".join(f"{100 * entry[m]['accuracy']:.1f} ± {100 * (entry[m]['ci95'] or 0):.1f}"
+                                  if m in entry else "—" for m in METHODS))
+        rows.append(row)
+    if rows:
+        blocks.append(("Few-shot classification accuracy (% ± 95% CI: by q(a|x) / by likelihood)", "task",
+                       ["task", *labels], rows))
+    out: list[str] = []
+    for title, key, header, rows in blocks:
+        if markdown:
+            out += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+            continue
+        widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+        out.append(title)
+        for row in [header, *rows]:
+            out.append("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    for note in notes:
+        out += ["", note] if markdown or note is notes[0] else [note]
+    return "\n".join(out).strip("\n")
