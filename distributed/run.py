@@ -125,6 +125,11 @@ class LoadedRun:
                            else f"the dataset's eval split: the run's eval split {own!r} is not in it")
         except DataError:
             split = dataset.roles.get("eval")
+            if split is None and len(dataset.split_names) == 1 and self.data_dir.resolve() != Path(self.config.data.dir).resolve():
+                # another dataset with one split (e.g. an Omniglot release build of one background zip): none of
+                # its classes were trained on, so all of it is held out for this run
+                only = dataset.split_names[0]
+                return only, f"the dataset's only split (it has no split {own!r}, the run's eval split, and no eval role)"
             if split is None:
                 raise DataError(f"{dataset.directory} has no split {own!r} (the run's eval split) and no evaluation split; "
                                 f"its splits are {', '.join(map(repr, dataset.split_names))}: pass --split NAME") from None

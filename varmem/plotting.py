@@ -39,8 +39,11 @@ def new_figure(size: tuple[float, float] = SIZE, **subplots: Any):
     return fig, ax
 
 
-def add_footnote(fig, text: str, width: int = 120, fontsize: float = 7.0) -> None:
-    """A note under the axes (wrapped at ``width`` characters), with room kept for it when the figure is laid out."""
+def add_footnote(fig, text: str, width: int | None = None, fontsize: float = 7.0) -> None:
+    """A note under the axes (wrapped at ``width`` characters: by default what the figure's width holds
+    at ~0.62 em per character, DejaVu Sans' mean), with room kept for it when the figure is laid out."""
+    if width is None:
+        width = max(20, int(fig.get_figwidth() * 72 * 0.97 / (fontsize * 0.62)))
     lines = textwrap.wrap(text, width)
     fig.text(0.01, 0.01, "\n".join(lines), fontsize=fontsize, color="0.3", ha="left", va="bottom")
     fig._varmem_bottom = (len(lines) * fontsize * 1.3 + 6) / (fig.get_figheight() * 72)  # fraction of the height

@@ -37,6 +37,8 @@ def root(tmp_path_factory) -> Path:
     build_dataset(TinySource(**TINY), root / "alpha26", preprocessing=Preprocessing.default(26), progress=False,
                   workers=1, split=SplitPolicy("alphabets", heldout_alphabets=("alpha0",)))
     build_dataset(TinySource(**TINY), root / "tiny28", preprocessing=Preprocessing.default(28), progress=False, workers=1)
+    build_dataset(TinySource(**TINY, evaluation=()), root / "one26", preprocessing=Preprocessing.default(26), progress=False,
+                  workers=1)  # one split, 'background' (like an Omniglot release build of the background zip alone)
     raw = tiny_raw(root / "train26", root / "run", data={"image_size": 0}, model={"address": True},
                    train={"steps": 4, "val_every": 4})
     torch.set_num_threads(1)
@@ -89,6 +91,14 @@ def test_eval_on_data_of_another_image_size_or_split_is_one_line(root, capsys):
     # without --data the run needs its own dataset, and says which
     assert main(["eval", str(run), *FAST]) == 2
     assert "train26" in capsys.readouterr().err
+
+
+def test_another_dataset_with_one_split_is_evaluated_on_it(root, capsys):
+    """None of another dataset's classes were trained on: with one split, that split is the held-out data."""
+    assert main(["eval", str(root / "run"), "--data", str(root / "one26"), *FAST, "--save", str(root / "one.json")]) == 0
+    r = json.loads((root / "one.json").read_text())
+    assert r["split"] == "background" and "the dataset's only split" in r["split_chosen_by"]
+    capsys.readouterr()
 
 
 def test_load_run_api(root):
