@@ -41,7 +41,7 @@ setup(
         "tqdm>=4.64",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2"],
+        "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["varmem=varmem.cli:main"]},
 )
