@@ -17,10 +17,10 @@ from typing import Callable
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is the whole story for the user."""
-    from varmem.distributed.config import ConfigError, TrainingDiverged
+    from varmem.distributed.config import ConfigError, RunDirError, TrainingDiverged
     from varmem.episodes.errors import DataError
 
-    errors: list[type[BaseException]] = [DataError, ConfigError, TrainingDiverged, FileNotFoundError]
+    errors: list[type[BaseException]] = [DataError, ConfigError, TrainingDiverged, RunDirError, FileNotFoundError]
     try:
         from varmem.kernels.dispatch import BackendUnavailable
 
@@ -57,6 +57,11 @@ def module_main(prog: str, description: str, arguments: Callable[[argparse.Argum
     return run_command(run, parser.parse_args(argv))
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: a line break it holds (from a value a user gave) written as ``\\n``."""
+    return "\\n".join(message.splitlines())
+
+
 def run_command(func, args: argparse.Namespace) -> int:
     """Run a subcommand: a user error is one ``varmem: error:`` line and status 2, Ctrl-C is 130."""
     try:
@@ -66,7 +71,7 @@ def run_command(func, args: argparse.Namespace) -> int:
             load_plugins(args.plugins)
         return int(func(args) or 0)
     except user_errors() as exc:
-        print(f"varmem: error: {exc}", file=sys.stderr)
+        print(f"varmem: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("varmem: interrupted", file=sys.stderr)

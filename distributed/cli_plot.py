@@ -20,7 +20,8 @@ def add_plot_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="training curves of runs (metrics.jsonl) as a PNG",
                        description="Draw the train and val curves of one or more runs, one subplot per metric, "
                                    "the runs overlaid.")
-    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="run directories `varmem train` wrote (their metrics.jsonl), overlaid in one figure")
     p.add_argument("--metrics", type=_names, default=None, metavar="NAME,...",
                    help="metrics to draw, by the names in metrics.jsonl (e.g. loss,nll_bound,kl_latent); "
                         "default: every value logged")

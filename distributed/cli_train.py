@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from varmem.distributed.cli import add_command, add_plugin_argument
@@ -27,19 +28,23 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
     """The flags of ``varmem train`` (shared with ``python -m varmem.distributed.train``)."""
-    t.add_argument("--config", type=Path, default=None, help="YAML run config (default with --resume: RUN_DIR/config.yaml)")
+    t.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML run config (default with --resume: RUN_DIR/config.yaml)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field; the value is parsed as YAML and type-checked (repeatable)")
-    t.add_argument("--steps", type=int, default=None, help="shorthand for --set train.steps=N")
-    t.add_argument("--out", type=Path, default=None, help="the run directory (shorthand for --set run.out=DIR)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run directory")
+    t.add_argument("--steps", type=int, default=None, metavar="N", help="shorthand for --set train.steps=N")
+    t.add_argument("--out", type=Path, default=None, metavar="RUN_DIR", help="the run directory (shorthand for --set run.out=DIR)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in the run directory (a corrupt newer one is set aside, "
+                        "with a warning)")
     t.add_argument("--overwrite", action="store_true", help="start again in a run directory that holds checkpoints")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
+    t.add_argument("--no-verify-shards", action="store_true",
+                   help="trust the dataset's shards without checking their sha256 against the manifest "
+                        "(shorthand for --set data.verify_shards=false; checked once, then cheap, by default)")
     add_plugin_argument(t)
     r = t.add_argument_group("Ray Train (distributed/ray_train.py)")
     r.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="Ray Train workers, one DDP rank each (0 = in-process, no Ray); each samples its own episodes")
-    r.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per worker (nccl when > 0, else gloo)")
+                   help="Ray Train workers, one DDP rank each; each samples its own episodes (default 0: in-process, no Ray)")
+    r.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per worker (nccl when > 0, else gloo; default 0)")
     r.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster to join: host:port, or auto for the one `ray start` runs on this machine "
                         "(default: RAY_ADDRESS, else a private cluster started for the run)")
@@ -56,6 +61,8 @@ def load_train_config(args: argparse.Namespace):
         overrides.append(f"train.steps={args.steps}")
     if args.out is not None:
         overrides.append(f"run.out={json.dumps(str(args.out))}")
+    if getattr(args, "no_verify_shards", False):
+        overrides.append("data.verify_shards=false")
     path = args.config
     if path is None:
         if not (args.resume and args.out is not None):
@@ -66,12 +73,23 @@ def load_train_config(args: argparse.Namespace):
     return RunConfig.load(path, overrides)
 
 
+def check_launch_flags(args: argparse.Namespace) -> None:
+    """--workers ≥ 0, --gpus-per-worker a finite number ≥ 0, --max-failures ≥ -1: checked before the config."""
+    from varmem.distributed.config import ConfigError
+
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be ≥ 0 (0 = in-process), got {args.workers}")
+    if not math.isfinite(args.gpus_per_worker) or args.gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker must be ≥ 0 and finite, got {args.gpus_per_worker}")
+    if args.max_failures < -1:
+        raise ConfigError(f"--max-failures must be ≥ 0 (or -1: no limit), got {args.max_failures}")
+
+
 def _train(args: argparse.Namespace) -> int:
     from varmem.distributed.config import ConfigError
 
+    check_launch_flags(args)
     config = load_train_config(args)
-    if args.workers < 0:
-        raise ConfigError(f"--workers must be ≥ 0 (0 = in-process), got {args.workers}")
     from varmem.distributed.ray_train import check_job_paths
 
     check_job_paths(config)

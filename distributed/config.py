@@ -26,7 +26,9 @@ from typing import Any, ClassVar
 
 import yaml
 
-from varmem.typed import ConfigError, Section, plain, check_fields, check_value  # noqa: F401  (re-exported)
+from varmem.typed import (  # noqa: F401  (re-exported)
+    ConfigError, Section, as_bytes, check_fields, check_value, is_utf8, plain, shown,
+)
 
 from varmem.episodes.errors import DataError
 from varmem.episodes.files import atomic_write_text as _atomic_write_text
@@ -37,6 +39,11 @@ CONFIG_FILE = "config.yaml"
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm stopped being finite (the message names the step and the last checkpoint)."""
+
+
+class RunDirError(RuntimeError):
+    """A file of a run directory cannot be written (a full disk, no permission) or read (every checkpoint
+    corrupt); the message names the file, says what is intact and what to do."""
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -56,6 +63,10 @@ class DataConfig(Section):
     eval_split: str = "evaluation"
     binarize: str = "none"  # "none" (grey levels in [0, 1]) | "static" (> threshold) | "dynamic" (Bernoulli(pixel))
     threshold: float = 0.5  # for binarize: static
+    # Check each shard's sha256 against the manifest when the dataset is opened (cheap after the first
+    # time: a per-shard "verified" stamp of size, times and inode; varmem.episodes.stamps). false (or
+    # --no-verify-shards, or VARMEM_VERIFY_SHARDS=0) trusts the shards as they are.
+    verify_shards: bool = True
 
     def validate(self) -> None:
         self._require(bool(self.dir), "dir", "a dataset directory")
@@ -96,7 +107,7 @@ class EpisodeConfig(Section):
             if isinstance(value, dict):
                 value = EpisodeShape(**check_fields(EpisodeShape, value, f"episode.{name}"))
             elif not isinstance(value, EpisodeShape):
-                raise ConfigError(f"episode.{name} must be a mapping of episode fields, got {value!r}")
+                raise ConfigError(f"episode.{name} must be a mapping of episode fields, got {shown(value)}")
             object.__setattr__(self, name, value)
             if value.alphabet not in ALPHABET_MODES:
                 raise ConfigError(f"episode.{name}.alphabet must be one of {', '.join(ALPHABET_MODES)}, got {value.alphabet!r}")
@@ -109,10 +120,10 @@ class EpisodeConfig(Section):
     def from_dict(cls, data: dict[str, Any] | None, where: str | None = None):
         data = data or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"episode must be a mapping with 'train' and 'eval', got {data!r}")
-        unknown = sorted(set(data) - {"train", "eval"})
+            raise ConfigError(f"episode must be a mapping with 'train' and 'eval', got {shown(data)}")
+        unknown = sorted(set(data) - {"train", "eval"}, key=repr)
         if unknown:
-            raise ConfigError(f"episode: unknown key {unknown[0]!r} (known: train, eval)")
+            raise ConfigError(f"episode: unknown key {shown(unknown[0])} (known: train, eval)")
         for name in ("train", "eval"):
             if name in data and isinstance(data[name], dict):
                 for reserved, owner in (("split", f"data.{name}_split"), ("binarize", "data.binarize"), ("threshold", "data.threshold")):
@@ -219,11 +230,11 @@ def model_section(model: Any, *, legacy: bool = False):
     if isinstance(model, FamilyConfig):
         return model
     if not isinstance(model, dict):
-        raise ConfigError(f"model must be a mapping with the family's name and its fields, got {model!r}")
+        raise ConfigError(f"model must be a mapping with the family's name and its fields, got {shown(model)}")
     if "factory" in model:
         raise ConfigError("model.factory is no longer read: a config cannot import code. Register the family in "
                           "a module and name it with --plugin MODULE (or VARMEM_PLUGINS), then set model.name")
-    if legacy:
+    if legacy and isinstance(model.get("name", "vma"), str):  # (model_config names a name of another type)
         known = {f.name for f in dataclasses.fields(_family(model.get("name", "vma")).config)} | {"name"}
         model = {k: v for k, v in model.items() if k in known or k not in LEGACY_MODEL_KEYS}
     return model_config(model)
@@ -241,8 +252,8 @@ def _switch_family(model: dict[str, Any], old: str, new: str, item: str) -> dict
         if key in new_fields:
             out[key] = value
         elif key in old_defaults and old_defaults[key] != value:
-            raise ConfigError(f"--set {item}: model.{key}={value!r} is a field of family {old!r}, not of {new!r}; "
-                              f"remove it (or set it back to {old_defaults[key]!r}) before changing the family")
+            raise ConfigError(f"--set {shown_item(item)}: model.{key}={shown(value)} is a field of family {old!r}, not of {new!r}; "
+                              f"remove it (or set it back to {shown(old_defaults[key])}) before changing the family")
     return out
 
 
@@ -280,17 +291,17 @@ class RunConfig:
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise ConfigError(f"a run config is a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
-        unknown = sorted(set(data) - set(SECTIONS))
+        unknown = sorted(set(data) - set(SECTIONS), key=repr)  # keys of any type: a YAML mapping may hold 1: or null:
         if unknown:
-            raise ConfigError(f"unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+            raise ConfigError(f"unknown section {shown(unknown[0])} (known: {', '.join(SECTIONS)})")
         for name in SECTIONS:
             if data.get(name) is not None and not isinstance(data[name], dict):
-                raise ConfigError(f"section {name} must be a mapping, got {data[name]!r}")
+                raise ConfigError(f"section {name} must be a mapping, got {shown(data[name])}")
         model, train = dict(data.get("model") or {}), dict(data.get("train") or {})
         if NUM_SAMPLES in model:  # K is train.num_samples; model.num_samples is read as its old name
             k = model.pop(NUM_SAMPLES)
             if train.setdefault(NUM_SAMPLES, k) != k:
-                raise ConfigError(f"model.num_samples={k!r} and train.num_samples={train[NUM_SAMPLES]!r} disagree: "
+                raise ConfigError(f"model.num_samples={shown(k)} and train.num_samples={shown(train[NUM_SAMPLES])} disagree: "
                                   "K (posterior samples per target) is train.num_samples; set only that")
         return cls(
             data=DataConfig.from_dict(data.get("data")),
@@ -333,7 +344,7 @@ class RunConfig:
             try:
                 config = type(self).from_dict(raw)
             except ConfigError as exc:
-                raise ConfigError(f"--set {item}: {exc}") from None
+                raise ConfigError(f"--set {shown_item(item)}: {exc}") from None
         return config
 
     # --- derived objects ----------------------------------------------------------------------
@@ -412,18 +423,46 @@ def _diff(a: Any, b: Any, where: str, out: list[str]) -> None:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def load_yaml_file(path: str | Path, what: str = "config file", error: type[ConfigError] = ConfigError) -> Any:
-    """The YAML document at ``path``; a missing file or bad YAML is ``error`` naming ``what``, the
-    path and, for bad YAML, the line and column."""
+def read_text_file(path: str | Path, what: str = "config file", error: type[ConfigError] = ConfigError) -> str:
+    """The UTF-8 text of the regular file at ``path``; anything else (missing, a folder or device, unreadable,
+    binary or not UTF-8) is ``error`` naming ``what`` and the path."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise error(f"{what} {path} does not exist")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise error(f"{what} {path} is {kind}: give a YAML file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                    f"a binary file? Give the YAML file itself") from None
+
+
+def parse_yaml(text: str, where: str, error: type[ConfigError] = ConfigError) -> Any:
+    """``text`` parsed as YAML (safe_load); bad YAML is ``error`` naming ``where`` and, where known, the
+    line and column. Values YAML reads but Python cannot build (an integer of 5,000 digits, lists nested
+    thousands deep) are errors too."""
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise error(f"{what} {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise error(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise error(f"{where}: YAML nested too deeply to read") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise error(f"{where}: a value YAML cannot convert: {exc}") from None
+
+
+def load_yaml_file(path: str | Path, what: str = "config file", error: type[ConfigError] = ConfigError) -> Any:
+    """The YAML document at ``path``; a missing, unreadable or binary file or bad YAML is ``error``
+    naming ``what``, the path and, for bad YAML, the line and column."""
+    return parse_yaml(read_text_file(path, what, error), f"{what} {path}", error)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -440,33 +479,45 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=3e-4")
+        raise ConfigError(f"--set {shown(item)}: expected section.key=value, e.g. optim.lr=3e-4")
+    if not is_utf8(item):  # bytes that are not UTF-8 in the argument (Python keeps them as surrogates)
+        raise ConfigError(f"--set {as_bytes(item)}: not UTF-8 text; write the value in UTF-8")
+    if "\x00" in item:
+        raise ConfigError(f"--set {shown(item)}: a NUL character is not allowed")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text  # not YAML: keep the text, the field's type check decides
+    except (RecursionError, ValueError):  # nested thousands deep; an integer of thousands of digits
+        raise ConfigError(f"--set {shown(item)}: a value YAML reads but cannot convert; give a plain value") from None
     return key, value
+
+
+def shown_item(item: str) -> str:
+    """A ``--set`` argument for a one-line message: as given, or its repr when it holds a line break or
+    another character that does not print."""
+    return item if item.isprintable() else shown(item)
 
 
 def set_path(raw: dict[str, Any], key: str, value: Any, item: str) -> None:
     """Set ``raw[a][b]... = value`` for key "a.b..."; unknown sections and keys of typed sections raise."""
     parts = key.split(".")
     if len(parts) < 2 or not all(parts):
-        raise ConfigError(f"--set {item}: the key must be section.key (sections: {', '.join(SECTIONS)})")
+        raise ConfigError(f"--set {shown_item(item)}: the key must be section.key (sections: {', '.join(SECTIONS)})")
     section = parts[0]
     if section not in SECTIONS:
-        raise ConfigError(f"--set {item}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        raise ConfigError(f"--set {shown_item(item)}: unknown section {shown(section)} (known: {', '.join(SECTIONS)})")
     node = raw[section]
     for depth, part in enumerate(parts[1:-1], start=1):
         if part not in node or not isinstance(node[part], dict):
             known = ", ".join(k for k, v in node.items() if isinstance(v, dict)) or "none"
-            raise ConfigError(f"--set {item}: {'.'.join(parts[:depth])} has no section {part!r} (known: {known})")
+            raise ConfigError(f"--set {shown_item(item)}: {'.'.join(parts[:depth])} has no section {shown(part)} (known: {known})")
         node = node[part]
     last = parts[-1]
     reserved = section == "episode" and last in ("split", "binarize", "threshold")  # from_dict names their owner
     if last not in node and not reserved and not (section == "model" and last == NUM_SAMPLES):
         where = ".".join(parts[:-1])
-        raise ConfigError(f"--set {item}: unknown key {last!r} in {where} (known: {', '.join(node)})")
+        raise ConfigError(f"--set {shown_item(item)}: unknown key {shown(last)} in {where} (known: {', '.join(node)})")
     node[last] = value
 
 

@@ -37,7 +37,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     run_dir = Path(run_dir)
     path = run_dir / METRICS_FILE
     if not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} does not exist")
+        raise ConfigError(f"run directory {run_dir} " + ("is a file, not a directory" if run_dir.exists() else "does not exist"))
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: {run_dir} is not a varmem run directory, or its run has not "
                           "logged a step yet (a row comes every train.log_every steps)")
@@ -50,7 +50,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     for n, (i, line) in enumerate(numbered):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError; nested thousands deep
             if n == len(numbered) - 1:
                 continue  # being written
             raise ConfigError(f"{path}: line {i} is not a JSON object; the file is damaged") from None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import time
@@ -55,8 +56,8 @@ class Launch:
     def check(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"--workers must be ≥ 1 for a Ray run (0 = in-process), got {self.workers}")
-        if self.gpus_per_worker < 0:
-            raise ConfigError(f"--gpus-per-worker must be ≥ 0, got {self.gpus_per_worker}")
+        if not math.isfinite(self.gpus_per_worker) or self.gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker must be a finite number ≥ 0, got {self.gpus_per_worker}")
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"CPUs per worker must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < -1:

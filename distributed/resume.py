@@ -9,14 +9,14 @@ from typing import Any
 
 from varmem.distributed.config import ConfigError, RunConfig
 from varmem.distributed.run import open_dataset
-from varmem.distributed.rundir import CHECKPOINT_DIR, latest_checkpoint, list_checkpoints, load_checkpoint
+from varmem.distributed.rundir import CHECKPOINT_DIR, list_checkpoints, load_checkpoint, newest_intact_checkpoint
 from varmem.episodes.dataset import Dataset
 
 # Fields that may change when a run is resumed: they do not change the training trajectory.
 RESUMABLE_CHANGES = (
     "train.steps", "train.log_every", "train.val_every", "train.val_episodes", "train.val_samples", "train.val_seed",
     "train.eval_batch", "train.chunk", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
-    "data.dir", "run.out", "run.tensorboard",
+    "data.dir", "data.verify_shards", "run.out", "run.tensorboard",
 )
 
 
@@ -25,16 +25,24 @@ def check_run(config: RunConfig, *, resume: bool | str | Path = False,
     """The checks of a run that need no writes: the dataset (image size, splits able to supply the
     episodes), the checkpoint to resume from and its compatibility, a fresh run's empty run directory.
     Returns (dataset, checkpoint path, checkpoint state); both None for a fresh run. The Ray driver
-    calls it before any worker starts; ``train`` calls it first."""
+    calls it before any worker starts; ``train`` calls it first.
+
+    ``resume=True`` resumes from the newest *intact* checkpoint: newer ones that fail their sha256 (or
+    are truncated, empty) are renamed ``ckpt-N.pt.corrupt`` with a warning naming them and the one used
+    (the only write here: nothing else in the run directory changes before the run starts)."""
     config = config.resolve_paths()
     run_dir = Path(config.run.out)
     dataset = open_dataset(config)
     if resume:
-        source = latest_checkpoint(run_dir) if resume is True else Path(resume)
-        if source is None:
-            raise ConfigError(f"nothing to resume: {run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt "
-                              "(start the run without --resume)")
-        ckpt = load_checkpoint(source)
+        if resume is True:
+            found = newest_intact_checkpoint(run_dir, set_aside=True, using="resuming from")
+            if found is None:
+                raise ConfigError(f"nothing to resume: {run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt "
+                                  "(start the run without --resume)")
+            source, ckpt = found
+        else:
+            source = Path(resume)
+            ckpt = load_checkpoint(source)
         check_resumable(config, ckpt, source)
         return dataset, source, ckpt
     if list_checkpoints(run_dir) and not overwrite:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from varmem.distributed.config import CONFIG_FILE, ConfigError, OptimConfig, RunConfig
-from varmem.distributed.rundir import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
+from varmem.distributed.rundir import CHECKPOINT_DIR, load_checkpoint, newest_intact_checkpoint
 from varmem.distributed.validation import eval_batches
 from varmem.episodes.dataset import Dataset
 from varmem.episodes.errors import DataError
@@ -40,7 +40,7 @@ def resolve_device(name: torch.device | str | None, config: RunConfig) -> torch.
 
 def open_dataset(config: RunConfig) -> Dataset:
     """The config's dataset, its image size checked, both splits able to supply the config's episodes."""
-    dataset = Dataset.open(config.data.dir)
+    dataset = Dataset.open(config.data.dir, verify=None if config.data.verify_shards else False)
     size = config.data.image_size
     if size and tuple(dataset.image_shape) != (size, size):
         h, w = dataset.image_shape
@@ -101,7 +101,7 @@ class LoadedRun:
             if self.data_dir == Path(self.config.data.dir):
                 self._dataset = open_dataset(self.config)
             else:
-                self._dataset = Dataset.open(self.data_dir)
+                self._dataset = Dataset.open(self.data_dir, verify=None if self.config.data.verify_shards else False)
             if tuple(self._dataset.image_shape) != tuple(self.image_shape):
                 (h, w), (H, W) = self._dataset.image_shape, self.image_shape
                 raise DataError(f"{self._dataset.directory} holds {h}×{w} images but the run {self.run_dir} was trained "
@@ -201,7 +201,7 @@ def _image_shape(config: RunConfig, state: dict[str, Any], source: Path) -> tupl
     if state.get("image_shape") is not None:
         return tuple(int(n) for n in state["image_shape"])  # type: ignore[return-value]
     try:
-        return tuple(Dataset.open(config.data.dir).image_shape)  # type: ignore[return-value]
+        return tuple(Dataset.open(config.data.dir, verify=False).image_shape)  # type: ignore[return-value]  (the shape only)
     except DataError as exc:
         raise ConfigError(f"{source} does not record its image size and data.image_size is 0, so the training dataset "
                           f"is needed to tell it: {exc}") from None
@@ -216,13 +216,21 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     of the model's size (a DataError naming both sizes otherwise).
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} " + ("is a file, not a run directory (give the folder that holds config.yaml and "
+                                           "checkpoints/)" if run_dir.exists() else "does not exist"))
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir / CONFIG_FILE} is missing: {run_dir} is not a varmem run directory")
     config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
-    source = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    if source is None:
-        raise ConfigError(f"{run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt: train the run first")
-    state = load_checkpoint(source)
+    if checkpoint is not None:
+        source = Path(checkpoint)
+        state = load_checkpoint(source)
+    else:
+        found = newest_intact_checkpoint(run_dir, using="evaluating")
+        if found is None:
+            raise ConfigError(f"{run_dir / CHECKPOINT_DIR} holds no ckpt-*.pt: the run has not reached its first "
+                              "checkpoint (train.checkpoint_every); train it first")
+        source, state = found
     dev = resolve_device(device, config)
     if config.train.threads:  # as in training: oversubscribed intra-op threads stall each other
         torch.set_num_threads(config.train.threads)

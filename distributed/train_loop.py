@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from varmem.distributed.config import RunConfig, TrainingDiverged, atomic_write_text
+from varmem.distributed.config import RunConfig, RunDirError, TrainingDiverged, atomic_write_text
 from varmem.distributed.resume import check_run
 from varmem.distributed.run import build_model, build_optimizer, resolve_device
 from varmem.distributed.rundir import (
@@ -44,6 +44,7 @@ from varmem.distributed.rundir import (
 from varmem.distributed.seeding import episode_noise_seed, noise_seed, rng_state, seed_everything, set_rng_state
 from varmem.distributed.validation import validation_batches
 from varmem.episodes.dataset import Dataset
+from varmem.episodes.errors import DiskFullError
 from varmem.episodes.sampler import EpisodeBatch
 from varmem.episodes.stream import EpisodeStream
 from varmem.models.base import Batch, FewShotModel, Objective
@@ -182,13 +183,22 @@ def train(
     started_at = time.time()
     context = context or TrainContext()
     config = config.resolve_paths()
-    tc = config.train
     device = resolve_device(context.device, config)
     dataset, source, ckpt = check_run(config, resume=resume, overwrite=overwrite)  # nothing written yet
     trainer = Trainer(config, dataset, ckpt, context, device)  # the state at the step the run starts from
-    trainer.prepare_run_dir(clear=overwrite and not resume)
-    if ckpt is not None and trainer.start == tc.steps and (trainer.run_dir / FINAL_FILE).is_file():
-        return trainer.complete()
+    try:
+        return _run(trainer, source, clear=overwrite and not resume, started_at=started_at)
+    except (DiskFullError, RunDirError) as exc:  # a full disk, no permission: one line, the checkpoints intact
+        raise trainer.write_failed(exc) from None
+
+
+def _run(trainer: "Trainer", source: Path | None, *, clear: bool, started_at: float) -> dict[str, Any]:
+    """The steps of :func:`train` from the trainer's start to ``train.steps``; the final metrics."""
+    tc = trainer.tc
+    trainer.prepare_run_dir(clear=clear)
+    final = trainer.final_metrics() if trainer.resumed and trainer.start == tc.steps else None
+    if final is not None:
+        return trainer.complete(final)
     trainer.open_writer()
     step = trainer.start
     try:
@@ -198,12 +208,12 @@ def train(
             if step % tc.log_every == 0 or step == tc.steps:
                 trainer.log(step, report=not is_ckpt)  # a checkpoint reports with its own metrics
             elif is_ckpt:  # never checkpoint a diverged model
-                trainer.check_finite(trainer.window.means(context), step)
+                trainer.check_finite(trainer.window.means(trainer.context), step)
             if (tc.val_every and step % tc.val_every == 0) or step == tc.steps:
                 trainer.validate(step)
             if is_ckpt:
                 trainer.checkpoint(step)
-        if step == trainer.start and ckpt is not None:  # resumed at the last step: only the final validation is missing
+        if step == trainer.start and trainer.resumed:  # resumed at the last step: only the final validation is missing
             trainer.validate(step)
             trainer.last_ckpt = source
     except BaseException:
@@ -216,7 +226,12 @@ def train(
 
 class LogWindow:
     """The steps since the last log line: the sums of their :func:`step_values`, their wall-clock
-    time, the share of it spent waiting for episodes, and the pauses (validation, checkpoints) in it."""
+    time, the share of it spent waiting for episodes, and the pauses (validation, checkpoints) in it.
+
+    A checkpoint inside a window saves its state (:meth:`state_dict`, every rank's) and a resume restores
+    it, so that a ``metrics.jsonl`` row whose window spans the resume holds the values of a run that never
+    stopped (the sums are float64, added in the same order: equal to the last bit). Its timings (seconds,
+    data wait) carry the time before the checkpoint, not the time the run was stopped."""
 
     def __init__(self, stream: EpisodeStream):
         self.stream = stream
@@ -227,8 +242,23 @@ class LogWindow:
     def reset(self) -> None:
         if self.sums is not None:
             self.sums.zero_()
-        self.steps, self.paused = 0, 0.0
-        self.t0, self.wait0 = time.perf_counter(), self.stream.wait_seconds
+        self.steps, self.carried_s, self.carried_wait = 0, 0.0, 0.0
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Time from now on (the steps and sums so far kept): a new window, or a resumed one."""
+        self.paused, self.t0, self.wait0 = 0.0, time.perf_counter(), self.stream.wait_seconds
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window so far, for a checkpoint: names, float64 sums (on the CPU), steps, seconds, data wait."""
+        return {"names": list(self.names), "sums": None if self.sums is None else self.sums.detach().cpu().clone(),
+                "steps": self.steps, "seconds": self.seconds(), "data_wait": self.data_wait()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.names = list(state["names"])
+        self.sums = None if state["sums"] is None else state["sums"].to(device=device, dtype=torch.float64)
+        self.steps, self.carried_s, self.carried_wait = int(state["steps"]), float(state["seconds"]), float(state["data_wait"])
+        self.restart_clock()
 
     def add(self, names: list[str], values: torch.Tensor, family: str) -> None:
         if self.sums is None or names != self.names:
@@ -243,11 +273,11 @@ class LogWindow:
         return dict(zip(self.names, context.reduce_metrics(self.sums / self.steps).tolist()))
 
     def seconds(self) -> float:
-        """Training time in the window: wall-clock less the pauses."""
-        return time.perf_counter() - self.t0 - self.paused
+        """Training time in the window: wall-clock less the pauses (and the time before a resume)."""
+        return self.carried_s + time.perf_counter() - self.t0 - self.paused
 
     def data_wait(self) -> float:
-        return self.stream.wait_seconds - self.wait0
+        return self.carried_wait + self.stream.wait_seconds - self.wait0
 
 
 class Trainer:
@@ -287,6 +317,9 @@ class Trainer:
         self.first_step_at: float | None = None
         self.run_t0 = time.perf_counter()
         self.window = LogWindow(self.stream)
+        window = (ckpt or {}).get("window_by_rank", {}).get(context.rank)
+        if window is not None:  # a checkpoint inside a logging window: its steps so far (older checkpoints: none)
+            self.window.load_state_dict(window, device)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -298,6 +331,15 @@ class Trainer:
         else:  # a rank the checkpoint has no state for (a new world size): a fresh, config-derived stream
             seed_everything(noise_seed(self.tc.seed + self.start, self.context.rank))
         self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+
+    def write_failed(self, exc: BaseException) -> RunDirError:
+        """A failed write of the run directory as one line: what failed (the path, the space needed and free),
+        then what is intact and how to go on."""
+        newest = latest_checkpoint(self.run_dir) if self.context.is_main else None
+        intact = (f"the checkpoints up to {newest.name} are intact" if newest is not None
+                  else "no checkpoint of this run was written yet")
+        return RunDirError(f"{exc}; {intact}: continue with varmem train --resume --out {self.run_dir}"
+                           if newest is not None else f"{exc}; {intact}")
 
     def elapsed(self) -> float:
         """Training seconds of the run so far, the attempts before a resume included."""
@@ -329,13 +371,22 @@ class Trainer:
                  f"{ctx.world_size} = {tc.episodes_per_step * ctx.world_size} per step from {self.dataset.directory.name}/"
                  f"{self.dataset.resolve_split(self.config.data.train_split)}; K={tc.num_samples}; noise per {tc.noise}")
         self.run_t0 = time.perf_counter()
-        self.window.reset()
+        self.window.restart_clock()
 
-    def complete(self) -> dict[str, Any]:
+    def final_metrics(self) -> dict[str, Any] | None:
+        """The run directory's final metrics, if it holds a readable final_metrics.json (else the run is not
+        complete: the last step's validation and final metrics are written again)."""
+        try:
+            final = json.loads((self.run_dir / FINAL_FILE).read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return None
+        return final if isinstance(final, dict) else None
+
+    def complete(self, final: dict[str, Any]) -> dict[str, Any]:
         """A resumed run that had already finished: its final metrics, nothing trained."""
         self.stream.close()
         self.context.emit(f"{self.run_dir} is complete at step {self.start}")
-        return json.loads((self.run_dir / FINAL_FILE).read_text(encoding="utf-8"))
+        return final
 
     def open_writer(self) -> None:
         if self.context.is_main and self.config.run.tensorboard:
@@ -431,7 +482,7 @@ class Trainer:
         prunes the oldest; then every rank reports (rank 0 with the checkpoint). Its time is a pause."""
         t0 = time.perf_counter()
         ctx = self.context
-        rngs = ctx.gather(rng_state(self.device))  # every rank's RNG state
+        ranks = ctx.gather({"rng": rng_state(self.device), "window": self.window.state_dict()})  # every rank's
         if ctx.is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
@@ -440,7 +491,8 @@ class Trainer:
                 "image_shape": tuple(int(n) for n in self.dataset.image_shape),  # (H, W): the model builds without the dataset
                 "model": unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "rng_by_rank": dict(enumerate(rngs)),
+                "rng_by_rank": {rank: state["rng"] for rank, state in enumerate(ranks)},
+                "window_by_rank": {rank: state["window"] for rank, state in enumerate(ranks)},  # the logging window so far
                 "stream": self.stream.state_dict(),
                 "world_size": ctx.world_size,
                 "elapsed_s": self.elapsed(),

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from varmem.distributed.rundir import CHECKPOINT_DIR, checkpoint_step, latest_checkpoint
+from varmem.distributed.rundir import CHECKPOINT_DIR, checkpoint_step, list_checkpoints, newest_intact_checkpoint
 from varmem.distributed.train_loop import TrainContext, train
 
 STAGING_PREFIX = ".ray-staging-"
@@ -181,6 +181,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
 def resume_source(run_dir: Path, ray_file: Path | None) -> Path | None:
     """The checkpoint a worker starts from: the newer of Ray's (``ray.train.get_checkpoint()``) and the
-    run directory's newest; on a tie the run directory's; None for a fresh start."""
-    candidates = [c for c in (latest_checkpoint(run_dir), ray_file) if c is not None]
+    run directory's newest intact one (a corrupt newer file, e.g. written when a worker died, is set aside
+    with a warning); on a tie the run directory's; None for a fresh start."""
+    intact = newest_intact_checkpoint(run_dir, set_aside=True, using="resuming from") if list_checkpoints(run_dir) else None
+    candidates = [c for c in (intact[0] if intact else None, ray_file) if c is not None]
     return max(candidates, key=checkpoint_step) if candidates else None

@@ -2,16 +2,27 @@
 
 Written atomically: everything goes to ``.NAME.building-*`` beside the target, the manifest
 last, and the directory is renamed into place only when complete. An error or a crash leaves
-no directory that looks complete (and the temporary one is removed on errors).
+no directory that looks complete (and the temporary one is removed on errors). The building
+folder records its builder (``.builder.json``: pid, host, boot id, process start time); a later
+build of the same NAME removes the building folders whose builder is gone (killed builds), and
+leaves alone those of live builds and of other hosts. A full disk (ENOSPC, EDQUOT) is a one-line
+:class:`~varmem.episodes.errors.DiskFullError` naming the folder, the space the dataset needs and
+the space free.
+
+Every class needs at least :data:`MIN_IMAGES_PER_CLASS` images (the smallest episode: one shot
+and one target); a class with fewer is refused, naming it.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import multiprocessing
 import os
 import secrets
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from varmem.episodes.errors import DataError
+from varmem.episodes.errors import DataError, disk_full_error, no_space_cause
 from varmem.episodes.manifest import SCHEMA, SCHEMA_VERSION, write_manifest
 from varmem.episodes.preprocess import Preprocessing
 from varmem.episodes.roles import roles_by_naming_rule
@@ -31,6 +42,10 @@ from varmem.progress import progress as progress_bar
 
 SPLIT_ORDER = ("background", "evaluation", "train", "test", "all", "lake-runs")
 DEFAULT_SHARD_BYTES = 64 << 20  # ~64 MiB of images per shard: 4,900 classes of 20 at 26×26
+MIN_IMAGES_PER_CLASS = 2  # the smallest episode: 1 shot + 1 target per class
+ROW_OVERHEAD_BYTES = 96  # Arrow bytes per row besides the image (ids, names), for the disk-space estimate
+BUILDER_FILE = ".builder.json"  # inside a building folder: who is building it
+LEGACY_STALE_AFTER_S = 3600  # a building folder without BUILDER_FILE is stale after this long, its pid gone
 
 
 def _split_key(name: str) -> tuple[int, str]:
@@ -51,7 +66,19 @@ def _load_class(record: ClassRecord) -> np.ndarray:
     what = f"{source.name} class {record.alphabet}/{record.character}"
     if raw.ndim != 3 or raw.shape[0] == 0:
         raise DataError(f"{what}: no images (empty class)")
+    if raw.shape[0] < MIN_IMAGES_PER_CLASS:
+        raise DataError(too_few_images(what, raw.shape[0]))
     return pre.apply(raw, what)
+
+
+def too_few_images(what: str, n: int) -> str:
+    """The message for a class of ``n`` < MIN_IMAGES_PER_CLASS images."""
+    from varmem.episodes.spec import EpisodeSpec
+
+    default = EpisodeSpec()
+    return (f"{what}: {n} image{'s' if n != 1 else ''}; every class needs at least {MIN_IMAGES_PER_CLASS} (an episode takes "
+            f"1 shot + 1 target per class; the default episode, {default.shots} shots + {default.targets} targets, "
+            f"takes {default.images_per_class}): add images to the class or leave it out of the source")
 
 
 def _load_all(source: Source, pre: Preprocessing, records: list[ClassRecord], workers: int) -> Iterator[np.ndarray]:
@@ -66,19 +93,110 @@ def _load_all(source: Source, pre: Preprocessing, records: list[ClassRecord], wo
 
 
 # --- directory handling -------------------------------------------------------------------------
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, Linux ``/proc/PID/stat`` field 22), None if unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def builder_record() -> dict[str, Any]:
+    """Who is building: this process's pid, host, boot id and start time."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(), "start": _process_start(os.getpid())}
+
+
+def builder_gone(folder: Path, now: float | None = None) -> str | None:
+    """Why the build that owns ``folder`` (a ``.NAME.building-*`` folder) is dead — a reason, e.g.
+    ``"pid 123 on host h is gone"`` — or None when it may be alive (a live pid, another host, unknown)."""
+    host = socket.gethostname()
+    try:
+        record = json.loads((folder / BUILDER_FILE).read_text(encoding="utf-8"))
+        pid, rec_host = int(record["pid"]), str(record["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        # no record (killed before writing it, or an older varmem): the pid of its name, once it is old
+        try:
+            pid = int(folder.name.rsplit(".building-", 1)[1].split("-")[0])
+            age = (now or time.time()) - folder.stat().st_mtime
+        except (IndexError, ValueError, OSError):
+            return None
+        if age >= LEGACY_STALE_AFTER_S and not _pid_alive(pid):
+            return f"pid {pid} is gone and it was last written {age / 3600:.1f} h ago"
+        return None
+    if rec_host != host:
+        return None  # a build on another machine sharing this folder: cannot tell
+    boot = _boot_id()
+    if record.get("boot_id") and boot and record["boot_id"] != boot:
+        return f"pid {pid} on {host} ran before the last reboot"
+    if not _pid_alive(pid):
+        return f"pid {pid} on {host} is gone"
+    start = record.get("start")
+    if start and _process_start(pid) not in (None, start):
+        return f"pid {pid} on {host} is gone (the pid is now another process's)"
+    return None
+
+
+def remove_stale_builds(out: Path) -> list[str]:
+    """Remove the ``.NAME.building-*`` folders beside ``out`` whose builder is gone; the messages."""
+    removed = []
+    for folder in sorted(out.parent.glob(f".{glob_escape(out.name)}.building-*")):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        why = builder_gone(folder)
+        if why is None:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(f"removed {folder}, left by a killed build ({why})")
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    import glob
+
+    return glob.escape(name)
+
+
 @contextlib.contextmanager
-def _atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+def _atomic_directory(out: Path, overwrite: bool, need_bytes: int | None = None) -> Iterator[Path]:
     """Yield a hidden temporary directory beside ``out``; rename it to ``out`` when the block
-    completes, remove it when the block raises. An existing ``out`` is replaced only on success."""
+    completes, remove it when the block raises. An existing ``out`` is replaced only on success.
+    Stale building folders of killed builds are removed first; ENOSPC / EDQUOT becomes a
+    DiskFullError naming ``out``, ``need_bytes`` and the free space."""
+    for line in remove_stale_builds(out):
+        print(f"varmem: {line}", file=sys.stderr)
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{secrets.token_hex(3)}"
-    tmp.mkdir()
     try:
+        tmp.mkdir()
+        (tmp / BUILDER_FILE).write_text(json.dumps(builder_record()) + "\n", encoding="utf-8")
         yield tmp
+        (tmp / BUILDER_FILE).unlink()
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.replaced-{secrets.token_hex(3)}"
@@ -86,8 +204,11 @@ def _atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
         tmp.rename(out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        cause = no_space_cause(exc)
+        if cause is not None:
+            raise disk_full_error(out, cause, need_bytes, what=f"building the dataset in {tmp.name}") from exc
         raise
 
 
@@ -129,8 +250,13 @@ def build_dataset(
     records = source.classes()
     if not records:
         raise DataError(f"source {source.name} has no classes")
+    for r in records:
+        if 0 < len(r.image_names) < MIN_IMAGES_PER_CLASS:
+            raise DataError(too_few_images(f"{source.name} class {r.alphabet}/{r.character}", len(r.image_names)))
     split_names = split.assign(records)
-    with _atomic_directory(out, overwrite) as tmp:
+    s = preprocessing.size
+    need = sum(len(r.image_names) or 20 for r in records) * (s * s + ROW_OVERHEAD_BYTES)
+    with _atomic_directory(out, overwrite, need) as tmp:
         manifest = _base_manifest(source, preprocessing, "classes")
         manifest["split"] = split.describe()
         alphabets = sorted({r.alphabet for r in records})
@@ -139,7 +265,6 @@ def build_dataset(
 
         order = sorted(range(len(records)), key=lambda i: (_split_key(split_names[i]), records[i].alphabet, records[i].character))
         workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
-        s = preprocessing.size
         per_class_guess = max((len(r.image_names) for r in records), default=0) or 20
         classes_per_shard = max(1, shard_bytes // (per_class_guess * s * s))
         sch = schema(s, s)
@@ -205,8 +330,19 @@ def build_dataset(
         seconds = time.perf_counter() - t0
         n_images = sum(i["images"] for i in splits.values())
         manifest["build"] = {"seconds": round(seconds, 3), "images_per_s": round(n_images / max(seconds, 1e-9), 1), "workers": workers}
-        write_manifest(tmp, manifest)
+        _stamp_and_write(tmp, manifest)
     return manifest
+
+
+def _stamp_and_write(tmp: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest, checked as a reader will check it, with the shards stamped as verified
+    (the builder has just hashed them; ``varmem.episodes.stamps``)."""
+    from varmem.episodes.dataset import Dataset
+    from varmem.episodes.manifest import validate_manifest
+
+    validate_manifest(manifest, f"{tmp.name}/manifest.json (as built)")
+    Dataset(tmp, manifest).stamp_as_built()
+    write_manifest(tmp, manifest)
 
 
 def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, overwrite: bool = False,
@@ -217,8 +353,9 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
     runs = source.runs()
     if not runs:
         raise DataError(f"{source.options().get('path', 'lake-runs source')}: no runs found")
-    with _atomic_directory(out, overwrite) as tmp:
-        s = preprocessing.size
+    s = preprocessing.size
+    need = sum(len(r.memory_names) + len(r.target_names) for r in runs) * (s * s + ROW_OVERHEAD_BYTES)
+    with _atomic_directory(out, overwrite, need) as tmp:
         manifest = _base_manifest(source, preprocessing, "lake-runs")
         manifest["split"] = {"policy": "official-runs"}
         manifest["alphabets"] = [f"run{r.run:02d}" for r in runs]
@@ -255,5 +392,5 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
         }}
         manifest["roles"] = {}
         manifest["build"] = {"seconds": round(time.perf_counter() - t0, 3)}
-        write_manifest(tmp, manifest)
+        _stamp_and_write(tmp, manifest)
     return manifest

@@ -6,21 +6,30 @@ of any class in O(1). Nothing is copied into the process: a worker that samples 
 100,000-class dataset keeps only page-cache-backed views and a few int arrays per class.
 NAME may also be a role, ``train`` or ``eval``, that the dataset maps to one of its splits
 (``varmem.episodes.roles``).
+
+Opening checks the manifest (``varmem.episodes.manifest``) and, unless ``verify=False`` or
+``VARMEM_VERIFY_SHARDS=0``, every shard against it — sha256, rows, image width, class ids — at the
+cost of a ``stat`` per shard once a shard has passed (``varmem.episodes.stamps``). A shard that
+fails is a DataError naming it and saying to rebuild or run ``varmem data verify``.
 """
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from varmem.episodes.errors import DataError
-from varmem.episodes.manifest import read_manifest
+from varmem.episodes.manifest import read_manifest, shard_path
 from varmem.episodes.roles import manifest_roles, resolve_split
-from varmem.episodes.shards import Shard, open_shard, sha256_file
+from varmem.episodes.shards import IMAGE_COLUMN, Shard, open_shard, sha256_file
+from varmem.episodes.stamps import Stamps, entry_digest, stat_record, verify_enabled
 
 
 @dataclass
@@ -77,9 +86,14 @@ class Dataset:
         self.roles: dict[str, str] = manifest_roles(manifest, str(directory / "manifest.json"))  # role → split
 
     @classmethod
-    def open(cls, directory: str | Path) -> "Dataset":
+    def open(cls, directory: str | Path, verify: bool | None = None) -> "Dataset":
+        """Open ``directory``: read and check its manifest, then (``verify``; default: on unless
+        ``VARMEM_VERIFY_SHARDS=0``) check its shards against it (:meth:`check_shards`)."""
         directory = Path(directory).expanduser().resolve()
-        return cls(directory, read_manifest(directory))
+        dataset = cls(directory, read_manifest(directory))
+        if verify_enabled(verify):
+            dataset.check_shards()
+        return dataset
 
     @property
     def kind(self) -> str:
@@ -110,7 +124,7 @@ class Dataset:
         lo, hi = info.get("class_range", [0, info["classes"]])
         shards, class_shard, class_start, class_count, class_alpha = [], [], [], [], []
         for si, entry in enumerate(info["shards"]):
-            shard = open_shard(self.directory / entry["file"], self.image_shape)
+            shard = open_shard(self.shard_file(entry, f"splits.{name}.shards[{si}].file"), self.image_shape)
             if shard.table.num_rows != entry["rows"]:
                 raise DataError(
                     f"shard {shard.path} has {shard.table.num_rows} rows, the manifest says {entry['rows']} "
@@ -157,46 +171,149 @@ class Dataset:
             out["splits"][name] = {
                 "classes": s["classes"],
                 "images": s["images"],
-                "alphabets": len(s.get("alphabets", [])),
+                "alphabets": len(s.get("alphabets") or []),
                 "shards": len(s["shards"]),
-                "bytes": sum(int(sh.get("bytes", 0)) for sh in s["shards"]),
+                "bytes": sum(int(sh.get("bytes") or 0) for sh in s["shards"]),
             }
         return out
 
+    def shard_file(self, entry: dict[str, Any], field: str = "shard file") -> Path:
+        """The path of a shard entry, checked to be inside the dataset folder and a regular file
+        (``varmem.episodes.manifest.shard_path``; it may be missing)."""
+        return shard_path(self.directory, entry["file"], field)
+
+    def _entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(field, entry)`` of every shard, e.g. ``("splits.background.shards[0]", {...})``."""
+        for name, split in self.manifest["splits"].items():
+            for i, entry in enumerate(split["shards"]):
+                yield f"splits.{name}.shards[{i}]", entry
+
+    def check_shards(self) -> None:
+        """Check every shard against the manifest, skipping those whose verified stamp still matches
+        (``varmem.episodes.stamps``); stamp those that pass. DataError naming the first shard that
+        does not, saying to rebuild the dataset or run ``varmem data verify``."""
+        stamps = Stamps(self.directory)
+        todo = []
+        for field, entry in self._entries():
+            path = self.shard_file(entry, f"{field}.file")
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                todo.append((field, entry))
+                continue
+            if not stamps.matches(entry["file"], st, entry["sha256"], self._digest(entry)):
+                todo.append((field, entry))
+        problems = self._check_all(todo, stamps)
+        stamps.save({entry["file"] for _, entry in self._entries()})
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise DataError(f"{problems[0]}{more}: the dataset has changed since it was built; rebuild it "
+                            f"(`varmem data build ... --overwrite`) or run `varmem data verify {self.directory}` to see every problem")
+
+    def stamp_as_built(self) -> None:
+        """Stamp every shard as verified without reading it: for the builder, which has just written
+        and hashed them (the stamps go in the folder only, never the user cache)."""
+        stamps = Stamps(self.directory)
+        for field, entry in self._entries():
+            stamps.record(entry["file"], os.stat(self.shard_file(entry, f"{field}.file")), entry["sha256"], self._digest(entry))
+        stamps.save({entry["file"] for _, entry in self._entries()}, fallback=False)
+
     def verify(self, quiet: bool = True) -> list[str]:
-        """Check every shard against the manifest (sha256, rows, class range); return the problems.
+        """Check every shard against the manifest (size, sha256, rows, image width, class ids), hashing
+        all of them whatever their stamps say; return the problems (and stamp the shards that pass).
         Unless ``quiet``, a progress bar over the shards' bytes (on a terminal, ``varmem.progress``)."""
         from varmem.progress import progress
 
-        problems: list[str] = []
-        entries = [entry for s in self.manifest["splits"].values() for entry in s["shards"]]
-        total = sum(int(entry.get("bytes", 0)) for entry in entries)
+        entries = list(self._entries())
+        total = sum(int(entry.get("bytes") or 0) for _, entry in entries)
+        stamps = Stamps(self.directory)
         with progress(total=total or None, desc="verifying", unit="B", unit_scale=True, quiet=quiet) as bar:
-            for entry in entries:
-                problems.extend(self._verify_shard(entry))
-                bar.update(int(entry.get("bytes", 0)))
+            problems = self._check_all(entries, stamps, lambda entry: bar.update(int(entry.get("bytes") or 0)))
+        stamps.save({entry["file"] for _, entry in entries})
         return problems
 
-    def _verify_shard(self, entry: dict[str, Any]) -> list[str]:
-        """The problems of one shard: missing, checksum, unreadable, row count, class ids."""
-        path = self.directory / entry["file"]
-        if not path.exists():
-            return [f"{path}: missing"]
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            return [f"{path}: sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…"]
-        try:
-            with ipc.open_file(str(path)) as reader:
-                table = reader.read_all()
-        except Exception as exc:  # a matching checksum makes this unlikely; report it anyway
-            return [f"{path}: unreadable ({exc})"]
+    def _digest(self, entry: dict[str, Any]) -> str:
+        return entry_digest(entry, self.image_shape, self.kind)
+
+    def _check_all(self, entries: list[tuple[str, dict[str, Any]]], stamps: Stamps, done=None) -> list[str]:
+        """Check ``entries`` (hashing in a few threads: hashlib releases the GIL), stamp those that
+        pass, forget the stamps of those that do not; the problems in manifest order."""
+        for field, entry in entries:  # a path out of the folder or a FIFO is an error before any read
+            self.shard_file(entry, f"{field}.file")
+        workers = min(4, os.cpu_count() or 1, len(entries))
+        if workers <= 1:
+            results = [self._check_shard(field, entry) for field, entry in entries]
+            if done:
+                for _, entry in entries:
+                    done(entry)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [pool.submit(self._check_shard, field, entry) for field, entry in entries]
+                results = []
+                for (_, entry), future in zip(entries, futures):
+                    results.append(future.result())
+                    if done:
+                        done(entry)
         problems = []
+        for (_, entry), (found, st) in zip(entries, results):
+            if found:
+                problems.extend(found)
+                stamps.forget(entry["file"])
+            elif st is not None:
+                stamps.record(entry["file"], st, entry["sha256"], self._digest(entry))
+        return problems
+
+    def _check_shard(self, field: str, entry: dict[str, Any]) -> tuple[list[str], os.stat_result | None]:
+        """The problems of one shard (missing, size, sha256, unreadable, image width, rows, class ids),
+        and its stat when it passed and did not change while it was checked (else None)."""
+        path = self.shard_file(entry, f"{field}.file")
+        try:
+            before = os.stat(path)
+        except FileNotFoundError:
+            return [f"{path}: missing"], None
+        except OSError as exc:
+            return [f"{path}: cannot stat ({exc})"], None
+        if entry.get("bytes") is not None and before.st_size != entry["bytes"]:
+            return [f"{path}: {before.st_size} bytes, the manifest says {entry['bytes']}"], None
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            return [f"{path}: unreadable ({exc})"], None
+        if digest != entry["sha256"]:
+            return [f"{path}: sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…"], None
+        try:
+            with pa.memory_map(str(path), "r") as source:
+                table = ipc.open_file(source).read_all()
+                problems = self._check_table(path, table, entry)
+        except Exception as exc:  # a matching checksum makes this unlikely; report it anyway
+            return [f"{path}: unreadable as an Arrow IPC file ({exc})"], None
+        after = os.stat(path)
+        return problems, (after if not problems and stat_record(after) == stat_record(before) else None)
+
+    def _check_table(self, path: Path, table: pa.Table, entry: dict[str, Any]) -> list[str]:
+        h, w = self.image_shape
+        col = table.column(IMAGE_COLUMN) if IMAGE_COLUMN in table.column_names else None
+        if col is None or not pa.types.is_fixed_size_list(col.type) or col.type.list_size != h * w \
+                or col.type.value_type != pa.uint8():
+            found = "no 'image' column" if col is None else f"column 'image' is {col.type}"
+            return [f"{path}: {found}, but the manifest's image_shape {h}×{w} needs fixed_size_list<uint8>[{h * w}]"]
+        problems = []
+        stored = (table.schema.metadata or {}).get(b"image_shape", b"").decode("utf-8", "replace")
+        if stored and stored.replace(" ", "") != f"{h},{w}":
+            problems.append(f"{path}: the manifest's image_shape [{h}, {w}] does not match the shard's {stored} "
+                            "(H,W in its schema metadata)")
         if table.num_rows != entry["rows"]:
             problems.append(f"{path}: {table.num_rows} rows, the manifest says {entry['rows']}")
+        if "class_id" not in table.column_names:
+            return problems + [f"{path}: no 'class_id' column"]
         cid = table.column("class_id").to_numpy()
         lo, hi = entry["class_range"]
         if len(cid) and (cid.min() < lo or cid.max() >= hi):
             problems.append(f"{path}: class ids {cid.min()}..{cid.max()} outside the manifest's [{lo}, {hi})")
+        elif len(cid) and np.any(np.diff(cid) < 0):
+            problems.append(f"{path}: rows are not sorted by class_id")
+        elif self.kind == "classes" and len(np.unique(cid)) != hi - lo:
+            problems.append(f"{path}: {len(np.unique(cid))} classes, the manifest's class_range [{lo}, {hi}) says {hi - lo}")
         return problems
 
 
@@ -212,7 +329,7 @@ def to_ray_dataset(directory: str | Path, split: str | None = None):
     names = [ds.resolve_split(split)] if split is not None else ds.split_names
     tables = []
     for name in names:
-        for entry in ds.manifest["splits"][name]["shards"]:
-            with ipc.open_file(str(ds.directory / entry["file"])) as reader:
+        for i, entry in enumerate(ds.manifest["splits"][name]["shards"]):
+            with ipc.open_file(str(ds.shard_file(entry, f"splits.{name}.shards[{i}].file"))) as reader:
                 tables.append(reader.read_all())
     return ray.data.from_arrow(tables)

@@ -53,6 +53,8 @@ def manifest_roles(manifest: dict[str, Any], where: str = "manifest.json") -> di
     if not isinstance(roles, dict):
         raise DataError(f"{where}: field 'roles' must be a mapping of role ({', '.join(ROLES)}) to split name, got {roles!r}")
     for role, split in roles.items():
+        if not isinstance(split, str):
+            raise DataError(f"{where}: roles.{role} must be a split name, got {split!r}")
         if role not in ROLES:
             raise DataError(f"{where}: roles.{role} is not a role (roles are {', '.join(ROLES)})")
         if split not in splits:

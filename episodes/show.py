@@ -39,6 +39,9 @@ def upscale(images: np.ndarray, min_size: int = 56) -> np.ndarray:
 
 def class_grid(dataset: Dataset, split: str | None = None, classes: int = 8, per_class: int = 10, seed: int = 0) -> np.ndarray:
     """``classes`` rows (seeded choice over the split), each the first ``per_class`` images of a class."""
+    for option, value in (("--classes", classes), ("--per-class", per_class)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{option} must be an integer ≥ 1, got {value!r}")
     name = split or dataset.split_names[0]
     s = dataset.split(name)
     k = min(classes, s.num_classes)

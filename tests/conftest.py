@@ -12,6 +12,13 @@ if "TRITON_INTERPRET" not in os.environ and shutil.which("nvidia-smi") is None:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tune searches sign their pickled state with a per-user key (varmem.distributed.search.trust): the test
+# session uses a key of its own, never the user's ~/.config/varmem/search_key.
+if "VARMEM_SEARCH_KEY_FILE" not in os.environ:
+    import tempfile
+
+    os.environ["VARMEM_SEARCH_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="varmem-test-key-"), "search_key")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")

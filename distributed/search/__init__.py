@@ -2,14 +2,16 @@
 
 The package, one concept a module: ``space`` (the space file: parsed, checked against the base config),
 ``trial`` (one trial: its run and its reports to Tune), ``driver`` (the search: checks, cluster, Tuner),
-``results`` (rows, files, table), ``searchdir`` (the search directory, options, ``search.yaml``), ``cli``
+``results`` (rows, files, table), ``searchdir`` (the search directory, options, ``search.yaml``), ``trust``
+(the signature of the search's pickled state: ``--resume`` runs only searches this user wrote), ``cli``
 (``varmem tune``; ``python -m varmem.distributed.tune`` runs it).
 
     varmem tune --config FILE --space SPACE.yaml [--samples N] [--scheduler fifo|asha] [--out SEARCH_DIR]
                 [--set section.key=value ...] [--steps N] [--workers N] [--cpus-per-trial C]
                 [--max-concurrent N] [--grace-period STEPS] [--reduction-factor F] [--seed S]
-                [--address ADDR] [--overwrite] [--quiet]
-    varmem tune --resume --out SEARCH_DIR     continue an interrupted search (its own config, space, options)
+                [--address ADDR] [--overwrite] [--quiet] [--check]
+    varmem tune --resume --out SEARCH_DIR [--trust-search-dir]
+                                              continue an interrupted search (its own config, space, options)
     python -m varmem.distributed.tune ...            the same flags
 
 The space file
@@ -31,7 +33,8 @@ every value must fit it: each grid/choice value and both ends of each range are 
 base config with the config's own type and range checks, all grid/choice combinations together
 when there are at most 64 of them, the dataset must supply the episodes and the model section must
 build. Whatever fails raises :class:`~varmem.distributed.search.space.SpaceError` (a ConfigError: ``varmem: error: ...``, status 2)
-naming the space file, the key and the value. A search may not vary what makes trials'
+naming the space file, the key and the value; ``--check`` runs these checks and exits (no Ray, no
+trial, nothing written). A search may not vary what makes trials'
 validation NLLs comparable or what it owns itself: the ``data`` and ``run`` sections,
 ``episode.eval``, ``train.steps`` (ASHA's horizon: use ``--steps``), ``train.val_episodes``,
 ``train.val_samples`` and ``train.val_seed``.
@@ -72,6 +75,7 @@ The search directory
     SEARCH_DIR/results.csv        one row per trial: the sampled values, final and best validation NLL, steps, status
     SEARCH_DIR/results.json       the same rows, the metric, the best trial
     SEARCH_DIR/best_config.yaml   the base config with the best trial's values: `varmem train --config` takes it
+    SEARCH_DIR/signature.json     varmem's HMAC of search.yaml and of the pickled state in tune/ (``trust``)
 
 The best trial has the lowest final validation NLL bound (its last validation). ``--resume``
 (Ctrl-C stops a search and saves its state) restores the experiment with
@@ -79,7 +83,10 @@ The best trial has the lowest final validation NLL bound (its last validation). 
 ones continue from the newer of Tune's copy of their checkpoint and their run directory's
 newest checkpoint, exactly as ``varmem train --resume`` continues a run; the trials not generated
 yet are (Tune saves the search generator's state). Tune 2.60 does not save the scheduler's state:
-after a resume, ASHA's rungs fill again from the resumed and new trials' reports only.
+after a resume, ASHA's rungs fill again from the resumed and new trials' reports only. Ray's restore
+unpickles the state in ``tune/`` (unpickling runs any code a pickle names), so ``--resume`` first checks
+that this user's key signed it (:mod:`~varmem.distributed.search.trust`): a search received from
+someone else is refused in one line unless ``--trust-search-dir`` (docs/TUNE.md).
 
-Importing this package, ``space``, ``searchdir`` or ``cli`` imports neither torch nor Ray.
+Importing this package, ``space``, ``searchdir``, ``trust`` or ``cli`` imports neither torch nor Ray.
 """

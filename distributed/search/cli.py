@@ -3,8 +3,8 @@
     varmem tune --config FILE --space SPACE.yaml [--samples N] [--scheduler fifo|asha] [--out SEARCH_DIR]
                 [--set section.key=value ...] [--steps N] [--workers N] [--cpus-per-trial C]
                 [--max-concurrent N] [--grace-period STEPS] [--reduction-factor F] [--seed S]
-                [--address ADDR] [--overwrite] [--quiet]
-    varmem tune --resume --out SEARCH_DIR
+                [--address ADDR] [--overwrite] [--quiet] [--check]
+    varmem tune --resume --out SEARCH_DIR [--trust-search-dir] [--check]
 
 Nothing here imports torch or Ray until a command runs.
 """
@@ -19,6 +19,7 @@ from varmem.distributed.cli import add_command, add_plugin_argument, module_main
 from varmem.distributed.config import ConfigError, RunConfig
 from varmem.distributed.search.searchdir import RESULTS_JSON, SCHEDULERS, SEARCH_FILE, SearchOptions
 from varmem.distributed.search.space import load_space
+from varmem.distributed.search.trust import TRUST_FLAG
 
 if TYPE_CHECKING:
     from varmem.distributed.search.driver import SearchResult
@@ -61,8 +62,14 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster to join (default: RAY_ADDRESS, else a cluster started here for the search)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out SEARCH_DIR")
+    p.add_argument(TRUST_FLAG, dest="trust_search_dir", action="store_true",
+                   help="with --resume: restore the search even when its pickled state is not signed with your key "
+                        "(a search from someone else: Ray unpickles its state, which can run any code; see docs/TUNE.md)")
     p.add_argument("--overwrite", action="store_true", help="start again in a search directory that holds a search")
     p.add_argument("--quiet", action="store_true", help="no progress output (the results table is still printed)")
+    p.add_argument("--check", action="store_true",
+                   help="check the config, the space and the options (the dataset, the episodes, every model the space "
+                        "can build) and exit: no Ray, no trial, nothing written")
 
 
 _OPTION_FLAGS = {"samples": "--samples", "scheduler": "--scheduler", "workers": "--workers",
@@ -82,8 +89,11 @@ def _tune(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"--resume continues the search in {args.out} with its own config, space and options "
                               f"({args.out / SEARCH_FILE}): leave out {', '.join(given)}")
-        result = run_search(None, None, None, args.out, resume=True, address=args.address, quiet=args.quiet)
+        result = run_search(None, None, None, args.out, resume=True, address=args.address, quiet=args.quiet,
+                            trust_search_dir=args.trust_search_dir, check_only=args.check)
         return _exit_status(result)
+    if args.trust_search_dir:
+        raise ConfigError(f"{TRUST_FLAG} only applies to --resume (a new search has no state to trust)")
     if args.config is None or args.space is None:
         raise ConfigError("varmem tune needs --config FILE and --space SPACE.yaml (or --resume --out SEARCH_DIR)")
     overrides = list(args.overrides)
@@ -94,12 +104,14 @@ def _tune(args: argparse.Namespace) -> int:
     options = SearchOptions(**{name: getattr(args, name) for name in _OPTION_FLAGS if getattr(args, name) is not None})
     out = args.out if args.out is not None else Path("runs") / f"tune-{args.config.stem}"
     result = run_search(base, space, options, out, overwrite=args.overwrite, address=args.address, quiet=args.quiet,
-                        space_file=args.space)
+                        space_file=args.space, check_only=args.check)
     return _exit_status(result)
 
 
 def _exit_status(result: SearchResult) -> int:
-    """0, 130 when interrupted (unfinished trials), 1 when no trial validated."""
+    """0 (also after --check), 130 when interrupted (unfinished trials), 1 when no trial validated."""
+    if result.checked_only:
+        return 0
     if result.interrupted:
         return 130
     if result.best is None:

@@ -4,13 +4,16 @@
 Scheduling: ``--scheduler asha`` is ``ASHAScheduler(time_attr="step", max_t=train.steps,
 grace_period, reduction_factor, stop_last_trials=False)``; trials run as many at once as the
 cluster's CPUs hold (or ``--max-concurrent``). ``--resume`` restores the experiment with
-``Tuner.restore(SEARCH_DIR/tune, trainable=...)``.
+``Tuner.restore(SEARCH_DIR/tune, trainable=...)``, once :func:`~varmem.distributed.search.trust.verify`
+found its pickled state signed by this user (:mod:`varmem.distributed.search.trust`); the state is
+signed while the search runs (:class:`~varmem.distributed.search.trust_callback.SignStateCallback`) and when it ends.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +23,7 @@ from varmem.distributed.config import ConfigError, RunConfig
 from varmem.distributed.search.results import collect_rows, format_table, write_results
 from varmem.distributed.search.searchdir import (BEST_CONFIG, RESULTS_CSV, RESULTS_JSON, SEARCH_FILE, TUNE_DIR,
                                                  SearchOptions, clear_search_dir, load_search, save_search)
+from varmem.distributed.search import trust
 from varmem.distributed.search.space import Space, check_space, preflight
 from varmem.distributed.search.trial import METRIC, MODE, TIME_ATTR, TrialSetup, trial_dirname, varmem_trial
 
@@ -32,26 +36,38 @@ class SearchResult:
     rows: list[dict[str, Any]]
     best: dict[str, Any] | None
     interrupted: bool  # some trials are unfinished: `varmem tune --resume --out SEARCH_DIR` continues them
+    checked_only: bool = False  # --check: everything was checked, nothing ran
 
 
 def run_search(base: RunConfig | None, space: Space | None, options: SearchOptions | None, search_dir: str | Path, *,
                resume: bool = False, overwrite: bool = False, address: str | None = None, quiet: bool = False,
-               space_file: str | Path | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
+               space_file: str | Path | None = None, log: Callable[[str], None] | None = None,
+               trust_search_dir: bool = False, check_only: bool = False) -> SearchResult:
     """Run (or with ``resume`` continue) a search; writes the results table and the best config.
 
     A fresh search needs ``base``, ``space`` and ``options``; ``resume`` takes them from
-    ``SEARCH_DIR/search.yaml`` (pass None). Every problem a user can fix raises ConfigError before
-    Ray is reached and before anything is written."""
+    ``SEARCH_DIR/search.yaml`` (pass None) and refuses a search whose pickled state this user's key did
+    not sign (:func:`trust.verify`) unless ``trust_search_dir``. Every problem a user can fix raises
+    ConfigError before Ray is reached and before anything is written. ``check_only`` (``--check``): stop
+    after those checks, with a line saying what the search would run."""
     emit = log or (lambda line: print(line, flush=True))
     given_dir = Path(search_dir)
     search_dir = given_dir.expanduser().resolve()
     where = str(space_file) if space_file is not None else "space"
 
     # 1. what to run (nothing written yet)
+    key = None  # the search signing key (distributed/search/trust.py): a problem with it is reported before Ray
     if resume:
         if base is not None or space is not None or options is not None:
             raise ConfigError("--resume continues the search in SEARCH_DIR with its own config, space and options "
                               f"({search_dir / SEARCH_FILE}): leave out --config, --space and the search options")
+        if not (search_dir / SEARCH_FILE).is_file():
+            raise ConfigError(f"nothing to resume: {search_dir / SEARCH_FILE} is missing ({search_dir} holds no varmem search)")
+        if trust_search_dir:
+            emit(f"warning: {trust.TRUST_FLAG}: resuming {given_dir} without checking who wrote its pickled state")
+        else:
+            key = trust.load_key()
+            trust.verify(search_dir, key)  # before Ray (or anything else) reads a pickle of it, or its config
         base, space, options, cwd, where = load_search(search_dir)
         if not (search_dir / TUNE_DIR).is_dir():
             raise ConfigError(f"nothing to resume: {search_dir / TUNE_DIR} is missing (start the search without --resume)")
@@ -61,7 +77,7 @@ def run_search(base: RunConfig | None, space: Space | None, options: SearchOptio
         options = options or SearchOptions()
         cwd = Path.cwd()
         if (search_dir / SEARCH_FILE).exists() or (search_dir / TUNE_DIR).exists():
-            if not overwrite:
+            if not overwrite and not check_only:
                 raise ConfigError(f"{search_dir} already holds a search: pass --resume to continue it "
                                   "or --overwrite to start it again")
     options.check(base)
@@ -71,6 +87,14 @@ def run_search(base: RunConfig | None, space: Space | None, options: SearchOptio
     if options.scheduler == "asha" and (not base.train.val_every or base.train.val_every >= base.train.steps):
         emit(f"warning: train.val_every={base.train.val_every} validates only at the end of train.steps={base.train.steps}: "
              "ASHA has nothing to stop trials on (set train.val_every)")
+    if check_only:
+        grid = math.prod(len(p.args) for p in space.values() if p.kind == "grid")
+        emit(f"ok: {where}: {len(space)} key(s); {grid} grid point(s) × {options.samples} sample(s) = "
+             f"{grid * options.samples} trial(s) of {resolved.train.steps} steps; {1 + len(variants)} config(s) checked "
+             "(dataset, episodes, model); nothing was run or written")
+        return SearchResult(search_dir=search_dir, rows=[], best=None, interrupted=False, checked_only=True)
+    if key is None:
+        trust.load_key()  # the state will be signed with it (created on first use): a bad key file fails here, not at the end
 
     # 2. the cluster (before writing: a missing cluster writes nothing)
     with cluster.connected(address, log_to_driver=not quiet):
@@ -80,7 +104,8 @@ def run_search(base: RunConfig | None, space: Space | None, options: SearchOptio
                 clear_search_dir(search_dir)
             search_dir.mkdir(parents=True, exist_ok=True)
             save_search(search_dir, base, space, options, cwd, where)
-        grid = _fit(resolved, space, options, search_dir, resume=resume, cluster_cpus=cluster_cpus, quiet=quiet)
+        grid = _fit(resolved, space, options, search_dir, resume=resume, cluster_cpus=cluster_cpus, quiet=quiet,
+                    key=None if trust_search_dir else key)
         rows = collect_rows(grid, space, search_dir, resolved.train.steps, quiet=quiet)
 
     # 3. results
@@ -118,11 +143,30 @@ def _check_cluster(options: SearchOptions) -> float:
 
 
 def _fit(base: RunConfig, space: Space, options: SearchOptions, search_dir: Path, *, resume: bool,
-         cluster_cpus: float, quiet: bool):
+         cluster_cpus: float, quiet: bool, key: bytes | None = None):
+    """Tune's fit of the search (a new ``Tuner``, or ``Tuner.restore`` with ``resume``); the search's state
+    is signed when it returns or fails. ``key``: check the signature again right before the restore (the
+    cluster took seconds to start; None: the user passed --trust-search-dir)."""
+    if resume and key is not None:
+        trust.verify(search_dir, key)  # outside the try: a search that fails it is never signed
+    try:
+        return _fit_tuner(base, space, options, search_dir, resume=resume, cluster_cpus=cluster_cpus, quiet=quiet)
+    finally:
+        if (search_dir / TUNE_DIR).is_dir():
+            try:
+                trust.sign(search_dir)
+            except (ConfigError, OSError) as exc:
+                print(f"warning: could not sign the state of {search_dir}: {exc}; `varmem tune --resume` will refuse "
+                      f"it unless {trust.TRUST_FLAG}", file=sys.stderr, flush=True)
+
+
+def _fit_tuner(base: RunConfig, space: Space, options: SearchOptions, search_dir: Path, *, resume: bool,
+               cluster_cpus: float, quiet: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
+    from varmem.distributed.search.trust_callback import SignStateCallback
     from varmem.models.registry import loaded_plugins
 
     setup = TrialSetup(config=base.to_dict(), search_dir=str(search_dir), workers=options.workers, plugins=tuple(loaded_plugins()),
@@ -159,7 +203,8 @@ def _fit(base: RunConfig, space: Space, options: SearchOptions, search_dir: Path
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(search_dir), verbose=0 if quiet else 1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a copy for restore; the run keeps its own
-            failure_config=tune.FailureConfig(max_failures=0)),
+            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[SignStateCallback(search_dir)]),  # pickled into tuner.pkl: a restored search signs, too
     )
     return _quietly(tuner.fit, quiet)
 
@@ -170,3 +215,4 @@ def _quietly(fit: Callable[[], Any], quiet: bool) -> Any:
         return fit()
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         return fit()
+

@@ -8,6 +8,7 @@
     SEARCH_DIR/results.csv        one row per trial (distributed/search/results.py)
     SEARCH_DIR/results.json       the same rows, the metric, the best trial
     SEARCH_DIR/best_config.yaml   the base config with the best trial's values
+    SEARCH_DIR/signature.json     varmem's signature of search.yaml and the pickled state in tune/ (distributed/search/trust.py)
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 BEST_CONFIG = "best_config.yaml"
 BEST_RUN = "best"  # best_config.yaml's run.out, inside the search directory
+SIGNATURE_FILE = "signature.json"  # varmem's signature of the pickled state (distributed/search/trust.py)
 
 SCHEDULERS = ("fifo", "asha")
 
@@ -104,5 +106,5 @@ def clear_search_dir(search_dir: Path) -> None:
     """What --overwrite removes: the Tune experiment, the trials' run directories, the results."""
     for name in (TUNE_DIR, TRIALS_DIR, BEST_RUN):
         shutil.rmtree(search_dir / name, ignore_errors=True)
-    for name in (SEARCH_FILE, RESULTS_CSV, RESULTS_JSON, BEST_CONFIG):
+    for name in (SEARCH_FILE, RESULTS_CSV, RESULTS_JSON, BEST_CONFIG, SIGNATURE_FILE):
         (search_dir / name).unlink(missing_ok=True)

@@ -9,11 +9,24 @@ handle shares its file offset with the parent process, so it must not cross one)
 Images are decoded to greyscale ``uint8 [H, W]`` with 0 = black, 255 = white: transparent pixels
 count as white paper, a GIF gives its first frame. Sources then turn them ink-high
 (:func:`ink_high`).
+
+Limits, checked before anything is inflated or decoded (a DataError names the file and the limit):
+
+* :data:`MAX_FILE_BYTES` — a file (zip member: its uncompressed ``file_size``, and no more is ever
+  read) is at most 64 MiB; character images are a few kB (an Omniglot PNG is about 1 kB).
+* :data:`MAX_IMAGE_PIXELS` — an image is at most 4096×4096 = 16.8 megapixels by its header, read
+  before the pixels are decoded (Omniglot images are 105×105, 11,025 pixels); Pillow's own
+  ``Image.MAX_IMAGE_PIXELS`` is lowered to it too.
+* A zip member name must be a relative path (no leading ``/``, no ``..``): zips that are not
+  (``/x/A/c1/1.png``) are refused naming the member.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
+import stat
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +38,10 @@ from varmem.episodes.errors import DataError
 
 # Suffixes (lower case) that the folder source reads as images; Omniglot reads ".png" only.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+MAX_FILE_BYTES = 64 << 20  # a file or zip member read from a source, uncompressed
+MAX_IMAGE_PIXELS = 4096 * 4096  # pixels of one image, from its header, before decoding
+if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow refuses 2× this (DecompressionBombError) at open
 
 
 def is_hidden(rel: str) -> bool:
@@ -73,16 +90,17 @@ def list_tree(path: str | Path, what: str) -> Tree:
         raise DataError(f"{p}: cannot read the zip file ({exc})") from exc
     for info in infos:
         name = info.filename  # kept as stored: TreeReader reads it back by this name
+        member = PurePosixPath(name)
+        if member.is_absolute() or ".." in member.parts:
+            raise DataError(f"{p}::{name}: member name is {'an absolute path' if member.is_absolute() else 'a path with ..'}; "
+                            f"a zip of {what} holds relative paths (re-create the zip from inside its folder)")
         if not name or is_hidden(name):
             continue
         if info.is_dir():
             dirs.add(name.rstrip("/"))
             continue
         files.append(name)
-        parent = PurePosixPath(name).parent
-        while str(parent) != ".":  # zips need not list their folders
-            dirs.add(str(parent))
-            parent = parent.parent
+        dirs.update(str(parent) for parent in list(member.parents)[:-1])  # zips need not list their folders
     return Tree(p, True, tuple(sorted(files)), tuple(sorted(dirs)))
 
 
@@ -105,21 +123,66 @@ class TreeReader:
         return f"{self.path}::{rel}" if self.is_zip else str(self.path / rel)
 
     def read(self, rel: str) -> bytes:
+        """The file's bytes; DataError naming it when it cannot be read or is over MAX_FILE_BYTES
+        (checked from its size, or a zip member's declared size, before reading)."""
         try:
             if not self.is_zip:
-                return (self.path / rel).read_bytes()
-            if self._zip is None or self._pid != os.getpid():
-                self._zip = zipfile.ZipFile(self.path)  # the parent's handle, if any, is left alone
-                self._pid = os.getpid()
-            return self._zip.read(rel)
-        except (OSError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+                st = os.stat(self.path / rel)
+                if not stat.S_ISREG(st.st_mode):  # opening a FIFO would wait for a writer
+                    raise DataError(f"{self.where(rel)}: not a regular file")
+                if st.st_size > MAX_FILE_BYTES:
+                    raise DataError(_too_large(self.where(rel), st.st_size))
+                with open(self.path / rel, "rb") as f:
+                    data = f.read(MAX_FILE_BYTES + 1)  # a file that grew since stops here too
+            else:
+                data = self._read_member(rel)
+            if len(data) > MAX_FILE_BYTES:
+                raise DataError(_too_large(self.where(rel), len(data)))
+            return data
+        except (OSError, KeyError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
             raise DataError(f"{self.where(rel)}: cannot read ({exc})") from exc
+
+    def _read_member(self, rel: str) -> bytes:
+        """A zip member, refused from its declared size before anything is inflated."""
+        if self._zip is None or self._pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.path)  # the parent's handle, if any, is left alone
+            self._pid = os.getpid()
+        info = self._zip.getinfo(rel)
+        if info.file_size > MAX_FILE_BYTES:
+            raise DataError(_too_large(self.where(rel), info.file_size))
+        with self._zip.open(info) as member:
+            return member.read(MAX_FILE_BYTES + 1)
+
+
+def _too_large(where: str, size: int) -> str:
+    return (f"{where}: {size:,} bytes, more than an image file may be ({MAX_FILE_BYTES:,} bytes, "
+            "varmem.episodes.sources.images.MAX_FILE_BYTES); character images are a few kB")
+
+
+def _open_checked(data: bytes, where: str) -> Image.Image:
+    """Pillow's lazy open of an image file, its size checked against MAX_IMAGE_PIXELS before any decoding."""
+    size = ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below says it in one line
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:  # over twice Image.MAX_IMAGE_PIXELS: Pillow gives the count
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = int(found.group(1)) if found else 2 * MAX_IMAGE_PIXELS + 1
+        else:
+            w, h = img.size
+            pixels, size = w * h, f" ({w}×{h})"
+            if pixels <= MAX_IMAGE_PIXELS:
+                return img
+            img.close()
+    raise DataError(f"{where}: the image has {pixels:,} pixels{size}, more than varmem decodes ({MAX_IMAGE_PIXELS:,}, "
+                    "varmem.episodes.sources.images.MAX_IMAGE_PIXELS); character images are about 105×105")
 
 
 def decode_grey(data: bytes, where: str) -> np.ndarray:
     """Decode an image file's bytes to ``uint8 [H, W]``, 0 = black, 255 = white."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with _open_checked(data, where) as img:
             img.load()
             if img.mode in ("1", "L"):
                 grey = img.convert("L")
@@ -130,6 +193,8 @@ def decode_grey(data: bytes, where: str) -> np.ndarray:
             else:
                 grey = img.convert("L")
             return np.asarray(grey, dtype=np.uint8).copy()
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{where}: cannot decode the image ({exc})") from exc
 
@@ -137,9 +202,11 @@ def decode_grey(data: bytes, where: str) -> np.ndarray:
 def image_size(data: bytes, where: str) -> tuple[int, int]:
     """``(H, W)`` from an image file's header, without decoding the pixels."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with _open_checked(data, where) as img:
             w, h = img.size
             return h, w
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{where}: cannot decode the image ({exc})") from exc
 

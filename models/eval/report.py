@@ -7,12 +7,22 @@ compared (another dataset, split or K). Differences between runs are *paired* (t
 of per-episode differences) when both runs scored the same episodes — the same dataset, split,
 seed and episode count, with per-episode values saved — and *unpaired* (√(s₁² + s₂²)) otherwise;
 the tables say which.
+
+A saved evaluation is checked before it is compared (:func:`check_saved_evaluation`): every field
+compare reads must have its type (a number where a number is read, an int where a count is), an NLL
+or its standard error must be a finite number ≥ 0 (every family's likelihood is a Bernoulli one over
+pixels in [0, 1], so −log p(x) ≥ 0), an accuracy must lie in [0, 1], an x value (n, C) must appear once
+in its table, and a row that keeps its per-episode values must agree with them (their mean is its
+NLL, their standard error its s.e.). What cannot be detected: a headline bound edited to another
+plausible number (it has no per-episode values to check it against), or a whole row rewritten
+consistently.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
 
+from varmem.episodes.errors import DataError
 from varmem.models.eval.capabilities import METHODS
 from varmem.models.eval.nll_tables import OPTIMUM_NOTE
 
@@ -25,7 +35,8 @@ TERM_LABELS = {"reconstruction": "−E log p(x|...) (reconstruction)", "kl_addre
 
 
 def _f(v: float | None, spec: str = ".2f") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+    """``v`` formatted; "—" when there is no value (None); inf, -inf and nan written as such."""
+    if v is None:
         return "—"
     return format(round(v, int(spec.split(".")[1][:-1])) + 0.0, spec)  # + 0.0: no "-0.000" for a rounded-away negative
 
@@ -126,6 +137,137 @@ def format_tables(result: dict[str, Any]) -> str:
         out.append("Pictures:")
         out.extend(f"  {p}" for p in result["pictures"])
     return "\n".join(out)
+
+
+# --- a saved evaluation, checked ---------------------------------------------------------------------
+
+
+class _Checker:
+    """Type and range checks of a saved evaluation's fields; DataError naming the file and the field."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, what: str, value: Any) -> None:
+        from varmem.typed import shown
+
+        raise DataError(f"{self.source}: {where} must be {what}, got {shown(value)}: not as `varmem eval --save` "
+                        "writes it (edited or damaged?); evaluate the run again")
+
+    def number(self, node: dict, key: str, where: str, *, minimum: float | None = None, maximum: float | None = None,
+               optional: bool = True) -> float | None:
+        value = node.get(key)
+        if value is None and optional:
+            return None
+        bounds = " ≥ 0" if minimum == 0 and maximum is None else f" in [{minimum:g}, {maximum:g}]" if maximum is not None else ""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(f"{where}{key}", f"a finite number{bounds}", value)
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            self.fail(f"{where}{key}", f"a finite number{bounds}", value)
+        return float(value)
+
+    def count(self, node: dict, key: str, where: str, *, minimum: int = 0, optional: bool = True) -> int | None:
+        value = node.get(key)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(f"{where}{key}", f"an integer ≥ {minimum}", value)
+        return value
+
+    def kind(self, node: dict, key: str, where: str, types: tuple[type, ...], what: str) -> Any:
+        value = node.get(key)
+        if value is not None and not isinstance(value, types):
+            self.fail(f"{where}{key}", what, value)
+        return value
+
+    def described(self, node: dict, where: str) -> None:
+        """What an evaluation says it ran on: dataset, split, K, seed, episodes (top level or protocol)."""
+        dataset = self.kind(node, "dataset", where, (dict,), "a mapping (name, source, fingerprint)")
+        for key in ("name", "source", "fingerprint", "dir"):
+            if dataset is not None:
+                self.kind(dataset, key, f"{where}dataset.", (str,), "a string")
+        self.kind(node, "split", where, (str,), "a split name (a string)")
+        self.count(node, "samples", where, minimum=1)
+        self.count(node, "episodes", where, minimum=1)
+        self.count(node, "seed", where)
+
+    def table(self, protocol: dict, table: str, key: str) -> None:
+        rows = self.kind(protocol, f"nll_vs_{table}", "protocol.", (list,), "a list of rows")
+        seen: set[int] = set()
+        for i, row in enumerate(rows or []):
+            where = f"protocol.nll_vs_{table}[{i}]"
+            if not isinstance(row, dict):
+                self.fail(where, "a mapping (a table row)", row)
+            x = self.count(row, key, f"{where}.", minimum=1, optional=False)
+            if x in seen:
+                self.fail(f"{where}.{key}", "unique in its table (another row has it)", x)
+            seen.add(x)
+            nll = self.number(row, "nll", f"{where}.", minimum=0, optional=False)
+            if "stderr" not in row:
+                raise DataError(f"{self.source}: {where} has no stderr (a number ≥ 0, or null for one episode): not as "
+                                "`varmem eval --save` writes it (edited or damaged?); evaluate the run again")
+            stderr = self.number(row, "stderr", f"{where}.", minimum=0)
+            for name in ("change", "gap"):
+                self.number(row, name, f"{where}.")
+            for name in ("change_stderr", "gap_stderr"):
+                self.number(row, name, f"{where}.", minimum=0)
+            if table == "classes":
+                self.number(row, "optimum", f"{where}.", minimum=0, optional=False)
+                self.kind(row, "beats_optimum", f"{where}.", (bool,), "true or false")
+            self.per_episode(row, where, nll, stderr)
+
+    def per_episode(self, row: dict, where: str, nll: float, stderr: float | None) -> None:
+        """A row's per-episode values: finite numbers whose mean is its NLL and whose s.e. is its stderr."""
+        values = self.kind(row, "nll_per_episode", f"{where}.", (list,), "a list of numbers")
+        if values is None:
+            return
+        for j, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                self.fail(f"{where}.nll_per_episode[{j}]", "a finite number", v)
+        episodes = row.get("episodes")
+        if not values or (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes != len(values)):
+            self.fail(f"{where}.nll_per_episode", f"{episodes} values (the row's episodes)", values)
+        mean = math.fsum(values) / len(values)
+        if not math.isclose(mean, nll, rel_tol=1e-5, abs_tol=1e-3):
+            self.fail(f"{where}.nll", f"the mean of its nll_per_episode ({mean:.4f})", nll)
+        if stderr is not None and len(values) > 1:
+            se = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+            if not math.isclose(se, stderr, rel_tol=1e-3, abs_tol=1e-3):
+                self.fail(f"{where}.stderr", f"the standard error of its nll_per_episode ({se:.4f})", stderr)
+
+    def classification(self, protocol: dict) -> None:
+        tasks = self.kind(protocol, "classification", "protocol.", (dict,), "a mapping of tasks")
+        for task, entry in (tasks or {}).items():
+            where = f"protocol.classification.{task}"
+            if not isinstance(entry, dict):
+                self.fail(where, "a mapping of methods", entry)
+            for method in METHODS:
+                result = entry.get(method)
+                if result is None:
+                    continue
+                if not isinstance(result, dict):
+                    self.fail(f"{where}.{method}", "a mapping (accuracy, ci95)", result)
+                self.number(result, "accuracy", f"{where}.{method}.", minimum=0, maximum=1, optional=False)
+                self.number(result, "ci95", f"{where}.{method}.", minimum=0)
+
+
+def check_saved_evaluation(saved: Any, source: str) -> dict[str, Any]:
+    """``saved`` (a file written by ``varmem eval --save``) if every field compare reads has its type and
+    range (see the module docstring); DataError naming ``source`` and the field otherwise. Returns its
+    "protocol" part."""
+    check = _Checker(source)
+    protocol = saved.get("protocol") if isinstance(saved, dict) else None
+    if not isinstance(protocol, dict):
+        raise DataError(f"{source}: no \"protocol\" field: not the output of `varmem eval --save` / `--json`")
+    check.described(saved, "")
+    check.described(protocol, "protocol.")
+    check.count(saved, "step", "")
+    check.number(saved, "nll_bound", "", minimum=0)
+    check.number(saved, "nll_bound_stderr", "", minimum=0)
+    check.table(protocol, "examples", "examples")
+    check.table(protocol, "classes", "classes")
+    check.classification(protocol)
+    return protocol
 
 
 # --- several runs -------------------------------------------------------------------------------------
@@ -233,7 +375,7 @@ def format_comparison(results: Sequence[tuple[str, dict[str, Any]]], markdown: b
                 r = found.get(x)
                 text = "—" if r is None else f"{_f(r['nll'])} ± {_f(r['stderr'], '.1f')}"
                 if r is not None and table == "examples" and x != min(found) and r.get("change") is not None:
-                    text += f" ({_f(r['change'], '+.2f')} ± {_f(r['change_stderr'])})"
+                    text += f" ({_f(r['change'], '+.2f')} ± {_f(r.get('change_stderr'))})"
                 if r is not None and table == "classes":
                     text += f" [{_f(r['optimum'], '.1f')}]" + (FLAG if r.get("beats_optimum") else "")
                 row.append(text)

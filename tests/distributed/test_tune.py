@@ -21,7 +21,8 @@ import varmem.distributed.tune as tune_module  # python -m varmem.distributed.tu
 from varmem.cli import main
 from varmem.distributed.config import RunConfig
 from varmem.distributed.rundir import FINAL_FILE, METRICS_FILE
-from varmem.distributed.search.searchdir import BEST_CONFIG, RESULTS_CSV, RESULTS_JSON, TUNE_DIR
+from varmem.distributed.search import trust
+from varmem.distributed.search.searchdir import BEST_CONFIG, RESULTS_CSV, RESULTS_JSON, SIGNATURE_FILE, TUNE_DIR
 from varmem.distributed.search.space import SpaceError, check_space, load_space, parse_space
 from varmem.distributed.search.trial import METRIC, TIME_ATTR, TrialReporter, tune_metrics
 from tests.distributed import interrupt
@@ -30,6 +31,12 @@ from tests.distributed.helpers import tiny_raw, write_config
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_SPACE = REPO / "configs" / "space_smoke.yaml"
 STEPS = 8
+
+
+@pytest.fixture(autouse=True)
+def search_key(tmp_path, monkeypatch):
+    """The searches sign their state with a key of the test's (never the user's ~/.config/varmem/search_key)."""
+    monkeypatch.setenv(trust.KEY_ENV, str(tmp_path / "search_key"))
 
 
 def run(argv, capsys, entry=main):
@@ -211,6 +218,9 @@ def test_resume_an_interrupted_search(tiny_data, tmp_path, capsys, ray_session):
     assert rc == 130 and f"varmem tune --resume --out {out}" in stdout
     first = csv_rows(out / RESULTS_CSV)
     assert [(r["status"], r["steps"]) for r in first] == [("unfinished", "4")]
+    trust.verify(out)  # the interrupted search's pickled state carries our signature ...
+    signed = json.loads((out / SIGNATURE_FILE).read_text())["files"]
+    assert "tune/tuner.pkl" in signed and any(name.startswith("tune/experiment_state-") for name in signed)
 
     rc, stdout, err = run(["tune", "--resume", "--out", out, "--quiet"], capsys)
     assert rc == 0, err

@@ -125,8 +125,14 @@ def test_row_count_mismatch_is_caught_on_open(tmp_path):
     m = json.loads(path.read_text())
     m["splits"]["background"]["shards"][0]["rows"] += 1
     path.write_text(json.dumps(m))
-    with pytest.raises(DataError, match="rows, the manifest says"):
-        Dataset.open(tmp_path / "ds").split("background")
+    with pytest.raises(DataError, match=r"splits.background.images is 160 but its shards' rows add up to 161"):
+        Dataset.open(tmp_path / "ds")  # the manifest contradicts itself
+    m["splits"]["background"]["images"] += 1
+    path.write_text(json.dumps(m))
+    with pytest.raises(DataError, match="160 rows, the manifest says 161.*varmem data verify"):
+        Dataset.open(tmp_path / "ds")  # the shard contradicts the manifest: its stamp no longer matches the entry
+    with pytest.raises(DataError, match="has 160 rows, the manifest says 161"):
+        Dataset.open(tmp_path / "ds", verify=False).split("background")
 
 
 def test_split_policies_are_seeded_and_recorded(tmp_path):

@@ -498,9 +498,11 @@ def saved_eval(tmp_path, name, nlls, acc=None, *, K=1000, split=SPLIT, dataset="
     """A file as `varmem eval --save` writes it, with the fields compare reads."""
     rows = [{"examples": n, "nll": v, "stderr": 0.5, "change": v - nlls[min(nlls)], "change_stderr": 0.25}
             for n, v in nlls.items()]
-    if per_episode is not None:
+    if per_episode is not None:  # the row's s.e. is theirs (compare checks a row against its per-episode values)
+        mean = sum(per_episode) / len(per_episode)
+        se = math.sqrt(sum((d - mean) ** 2 for d in per_episode) / (len(per_episode) - 1) / len(per_episode))
         for r in rows:
-            r["nll_per_episode"] = [r["nll"] + d for d in per_episode]
+            r["nll_per_episode"], r["stderr"] = [r["nll"] + d for d in per_episode], se
     classes = [{"classes": 1, "nll": 90.0, "stderr": 1.0, "optimum": 90.1, "gap": -0.1, "beats_optimum": True},
                {"classes": 4, "nll": 93.5, "stderr": 1.0, "optimum": 91.39, "gap": 2.11, "beats_optimum": False}]
     info = {"dir": f"/data/{dataset}", "name": dataset, "source": "tiny", "fingerprint": f"fp-{dataset}"}
