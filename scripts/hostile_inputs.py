@@ -408,10 +408,19 @@ def flipped_shard_train(work: Path, fx: Fixtures) -> list[str]:
 
 
 def stale_building(work: Path, fx: Fixtures) -> list[str]:
-    stale = work / ".data2.building-12345-deadbeef"
-    stale.mkdir()
-    (stale / "pid").write_text("999999")  # no such process
-    (stale / "junk.arrow").write_bytes(b"x" * 100)
+    """A real killed build: SIGKILL `data build` once its hidden .NAME.building-* folder exists; the next
+    build of the same name must remove it."""
+    p = subprocess.Popen([*VARMEM, "data", "build", "--source", "strokes", "--classes", "3000", "--images-per-class", "20",
+                          "--out", str(work / "data2"), "--quiet"], cwd=work, env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(work.glob(".data2.building-*")) and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    if not list(work.glob(".data2.building-*")):
+        raise RuntimeError("the killed build left no building folder to clean up")
     return ["data", "build", "--source", "strokes", "--classes", 20, "--images-per-class", 4, "--out", work / "data2", "--quiet"]
 
 
@@ -455,7 +464,7 @@ def kill_and_resume(fx: Fixtures, root: Path, timeout: float) -> list[dict]:
     import torch
 
     raw = yaml.safe_load(fx.config.read_text())
-    raw["train"].update(steps=12, log_every=2, val_every=6, checkpoint_every=3)
+    raw["train"].update(steps=80, log_every=5, val_every=40, checkpoint_every=5)
     results = []
 
     def config_for(out: Path) -> Path:
@@ -466,10 +475,13 @@ def kill_and_resume(fx: Fixtures, root: Path, timeout: float) -> list[dict]:
         return path
 
     ref = root / "kill_ref"
+    t0 = time.time()
     proc = run(["train", "--config", config_for(ref), "--quiet"], root, timeout)
+    duration = time.time() - t0
     assert proc is not None and proc.returncode == 0, proc and proc.stderr
     ref_params = torch.load(newest_checkpoint(ref), weights_only=False)["model"]
-    for k, delay in enumerate((1.5, 3.0, 4.5, 6.0, 8.0)):
+    # kill points spread over the run (the first ~2 s are the interpreter and torch starting)
+    for k, delay in enumerate(round(duration * f, 2) for f in (0.35, 0.5, 0.65, 0.8, 0.92)):
         out = root / f"kill_{k}"
         cfg = config_for(out)
         p = subprocess.Popen([*VARMEM, "train", "--config", str(cfg), "--quiet"], cwd=root, env=ENV,
