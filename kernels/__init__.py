@@ -9,6 +9,7 @@ __all__ = ["BackendUnavailable", "use_backend"]
 
 # --- memory addressing / memory read (kernels/memory_addressing.py, kernels/memory_read.py) ---
 from varmem.kernels.memory_addressing import (  # noqa: E402
+    INVALID_ADDRESS,
     MemoryAddressingOutput,
     memory_addressing,
     memory_addressing_reference,
@@ -17,6 +18,7 @@ from varmem.kernels.memory_addressing import (  # noqa: E402
 from varmem.kernels.memory_read import memory_read, memory_read_reference  # noqa: E402
 
 __all__ += [
+    "INVALID_ADDRESS",
     "MemoryAddressingOutput",
     "memory_addressing",
     "memory_addressing_reference",

@@ -25,6 +25,32 @@ Conventions (written down because public implementations get them wrong):
   = 1e-8: a filter whose mass lies entirely outside the image (Z < ε) is not blown up, and
   its gradient then does not flow through Z.
 
+Extreme parameters. Both paths clamp the parameters before use (``clamp_params``;
+``PARAM_RANGES``): log σ², log δ̃ and log γ to ``LOG_PARAM_RANGE`` = [-20, 20], g̃_x and g̃_y
+to ``CENTRE_RANGE`` = [-1e12, 1e12]; the gradient is the clamp's (0 for a parameter outside
+its closed range, unchanged inside). Why these ranges, in float32 (the compute dtype of
+16/32-bit inputs): γ, 1/γ, σ² and 1/(2σ²) stay within [2e-9, 5e8], so no exponential
+overflows (σ² = exp(-1e4) gave 1/σ² = inf and 0 · inf = NaN; γ = exp(1e4) = inf). At
+σ² = e^-20 (σ ≈ 5e-5 px) a filter is already a single pixel, at e^20 (σ ≈ 2e4 px) it is flat
+over any image the kernels take, so values beyond change nothing visible; δ̃ = e^20 puts all
+but the central filters far outside the image. With |g̃| ≤ 1e12 every distance a - μ stays
+finite, and at |g̃| = 1e12 (for any δ̃, σ² in range and an image of aspect ratio below 2000)
+every filter lies ≥ 1e11 px outside the image, where F = 0 exactly, so the clamp changes no
+value; it keeps ±inf centres from giving 0 · inf = NaN in the gradient. Consequences:
+for finite x (or patch) and params without NaN (±inf included), outputs and all gradients
+are finite (F ∈ [0, 1], so |read| ≤ γ max|x| and |write| ≤ N² max|w| / γ), as long as the
+values stay well inside the dtype's range (float32 pixels near 1e30 can overflow the
+gradient's intermediate products, e.g. through 1/Z for a filter with small mass Z). A NaN
+parameter makes that example's output NaN (every channel) and its gradients NaN (the input's,
+and those of its parameters inside their range; one outside keeps the clamp's gradient 0);
+other examples are unaffected. A non-finite pixel (or patch value) makes that (example,
+channel) plane of the output non-finite (0 · inf = NaN in the products, as in any matrix
+product); both paths use the same association ((F_y x) F_xᵀ, F_yᵀ (w F_x)), so NaN and ±inf
+land in the same places; the gradients are then non-finite in the same places too (which of
+NaN or ±inf is not specified: the two paths reduce the filterbank gradients differently).
+x, patch and params must be floating point (``ValueError`` naming the argument and dtype
+otherwise).
+
 Autograd: gradients to the image (read) or patch (write) and to all five parameters. The Triton
 kernels build the filterbanks in registers and fuse both matrix products; the backward
 kernel recomputes the filterbanks and reduces the filterbank gradients to the five parameter
@@ -48,6 +74,10 @@ from varmem.kernels.dispatch import choose, dtype_reason, triton_device_reason
 
 __all__ = [
     "FILTER_EPS",
+    "LOG_PARAM_RANGE",
+    "CENTRE_RANGE",
+    "PARAM_RANGES",
+    "clamp_params",
     "GaussianRead",
     "GaussianWrite",
     "gaussian_filterbanks",
@@ -62,6 +92,10 @@ __all__ = [
 ]
 
 FILTER_EPS = 1e-8
+# Ranges the ops clamp the parameters to (see "Extreme parameters" in the module docstring).
+LOG_PARAM_RANGE = (-20.0, 20.0)  # log σ², log δ̃, log γ
+CENTRE_RANGE = (-1e12, 1e12)  # g̃_x, g̃_y
+PARAM_RANGES = (CENTRE_RANGE, CENTRE_RANGE, LOG_PARAM_RANGE, LOG_PARAM_RANGE, LOG_PARAM_RANGE)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The kernels hold one whole image channel in one tile (plus F_x, F_y and, in the backward,
 # their gradients); larger images go to the reference. Shared memory per program, from an
@@ -80,14 +114,27 @@ TRITON_MAX_N = 32
 
 
 @triton.jit
-def _draw_params(params_ptr, b, N: tl.constexpr, H: tl.constexpr, W: tl.constexpr, SPAN: tl.constexpr, CDT: tl.constexpr):
-    """Grid centre, stride, 1/(2σ²), γ and 1/γ of example ``b`` from params [B, 5]."""
+def _clamp(v, LO: tl.constexpr, HI: tl.constexpr):
+    """v clamped to [LO, HI]; NaN stays NaN (comparisons with NaN are false)."""
+    return tl.where(v < LO, LO, tl.where(v > HI, HI, v))
+
+
+@triton.jit
+def _in_range(v, LO: tl.constexpr, HI: tl.constexpr):
+    """False where the clamp is active (v < LO or v > HI): the gradient is 0 there; NaN is in range."""
+    return ~((v < LO) | (v > HI))
+
+
+@triton.jit
+def _draw_params(params_ptr, b, N: tl.constexpr, H: tl.constexpr, W: tl.constexpr, SPAN: tl.constexpr, CDT: tl.constexpr,
+                 C_LO: tl.constexpr, C_HI: tl.constexpr, L_LO: tl.constexpr, L_HI: tl.constexpr):
+    """Grid centre, stride, 1/(2σ²), γ and 1/γ of example ``b`` from params [B, 5] (clamped)."""
     p = params_ptr + b * 5
-    gx_t = tl.load(p + 0).to(CDT)
-    gy_t = tl.load(p + 1).to(CDT)
-    log_s2 = tl.load(p + 2).to(CDT)
-    log_dt = tl.load(p + 3).to(CDT)
-    log_g = tl.load(p + 4).to(CDT)
+    gx_t = _clamp(tl.load(p + 0).to(CDT), C_LO, C_HI)
+    gy_t = _clamp(tl.load(p + 1).to(CDT), C_LO, C_HI)
+    log_s2 = _clamp(tl.load(p + 2).to(CDT), L_LO, L_HI)
+    log_dt = _clamp(tl.load(p + 3).to(CDT), L_LO, L_HI)
+    log_g = _clamp(tl.load(p + 4).to(CDT), L_LO, L_HI)
     gx = tl.full([], W + 1, CDT) * 0.5 * (gx_t + 1.0)  # eq. 22, 1-based pixels
     gy = tl.full([], H + 1, CDT) * 0.5 * (gy_t + 1.0)  # eq. 23
     delta = tl.full([], SPAN, CDT) / tl.full([], N - 1, CDT) * tl.exp(log_dt)  # eq. 24
@@ -128,15 +175,23 @@ def _filterbank_grads(dF, F, dist, offset, z_ok, inv_2s2):
 
 
 @triton.jit
-def _store_param_grads(dparams_ptr, b, dcx, dcy, ddx, ddy, dlsx, dlsy, d_log_gamma, delta,
-                       H: tl.constexpr, W: tl.constexpr, CDT: tl.constexpr):
+def _store_param_grads(dparams_ptr, params_ptr, b, dcx, dcy, ddx, ddy, dlsx, dlsy, d_log_gamma, delta,
+                       H: tl.constexpr, W: tl.constexpr, CDT: tl.constexpr,
+                       C_LO: tl.constexpr, C_HI: tl.constexpr, L_LO: tl.constexpr, L_HI: tl.constexpr):
     p = dparams_ptr + b * 5
+    raw = params_ptr + b * 5
     ty = dparams_ptr.dtype.element_ty
-    tl.store(p + 0, (dcx * tl.full([], W + 1, CDT) * 0.5).to(ty))  # ∂g_x/∂g̃_x = (W+1)/2
-    tl.store(p + 1, (dcy * tl.full([], H + 1, CDT) * 0.5).to(ty))
-    tl.store(p + 2, (dlsx + dlsy).to(ty))
-    tl.store(p + 3, ((ddx + ddy) * delta).to(ty))  # ∂δ/∂log δ̃ = δ
-    tl.store(p + 4, d_log_gamma.to(ty))
+    # The clamp's gradient: 0 where a parameter lies outside its range.
+    ok0 = _in_range(tl.load(raw + 0).to(CDT), C_LO, C_HI)
+    ok1 = _in_range(tl.load(raw + 1).to(CDT), C_LO, C_HI)
+    ok2 = _in_range(tl.load(raw + 2).to(CDT), L_LO, L_HI)
+    ok3 = _in_range(tl.load(raw + 3).to(CDT), L_LO, L_HI)
+    ok4 = _in_range(tl.load(raw + 4).to(CDT), L_LO, L_HI)
+    tl.store(p + 0, tl.where(ok0, dcx * tl.full([], W + 1, CDT) * 0.5, 0.0).to(ty))  # ∂g_x/∂g̃_x = (W+1)/2
+    tl.store(p + 1, tl.where(ok1, dcy * tl.full([], H + 1, CDT) * 0.5, 0.0).to(ty))
+    tl.store(p + 2, tl.where(ok2, dlsx + dlsy, 0.0).to(ty))
+    tl.store(p + 3, tl.where(ok3, (ddx + ddy) * delta, 0.0).to(ty))  # ∂δ/∂log δ̃ = δ
+    tl.store(p + 4, tl.where(ok4, d_log_gamma, 0.0).to(ty))
 
 
 @triton.jit
@@ -146,11 +201,12 @@ def _gaussian_read_fwd_kernel(
     out_ptr,  # [B, C, N, N]
     C,
     N: tl.constexpr, H: tl.constexpr, W: tl.constexpr, SPAN: tl.constexpr, EPS: tl.constexpr, CDT: tl.constexpr,
+    C_LO: tl.constexpr, C_HI: tl.constexpr, L_LO: tl.constexpr, L_HI: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     b = tl.program_id(0)
     c = tl.program_id(1)
-    gx, gy, delta, inv_2s2, gamma, inv_gamma = _draw_params(params_ptr, b, N, H, W, SPAN, CDT)
+    gx, gy, delta, inv_2s2, gamma, inv_gamma = _draw_params(params_ptr, b, N, H, W, SPAN, CDT, C_LO, C_HI, L_LO, L_HI)
     Fx, _, _, _ = _filterbank(gx, delta, inv_2s2, N, W, EPS, CDT, BLOCK_N, BLOCK_W)  # [BN, BW]
     Fy, _, _, _ = _filterbank(gy, delta, inv_2s2, N, H, EPS, CDT, BLOCK_N, BLOCK_H)  # [BN, BH]
     hh = tl.arange(0, BLOCK_H)
@@ -174,10 +230,11 @@ def _gaussian_read_bwd_kernel(
     dparams_ptr,  # [B, 5] out
     C,
     N: tl.constexpr, H: tl.constexpr, W: tl.constexpr, SPAN: tl.constexpr, EPS: tl.constexpr, CDT: tl.constexpr,
+    C_LO: tl.constexpr, C_HI: tl.constexpr, L_LO: tl.constexpr, L_HI: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     b = tl.program_id(0)
-    gx, gy, delta, inv_2s2, gamma, inv_gamma = _draw_params(params_ptr, b, N, H, W, SPAN, CDT)
+    gx, gy, delta, inv_2s2, gamma, inv_gamma = _draw_params(params_ptr, b, N, H, W, SPAN, CDT, C_LO, C_HI, L_LO, L_HI)
     Fx, dist_x, off_x, zok_x = _filterbank(gx, delta, inv_2s2, N, W, EPS, CDT, BLOCK_N, BLOCK_W)  # [BN, BW]
     Fy, dist_y, off_y, zok_y = _filterbank(gy, delta, inv_2s2, N, H, EPS, CDT, BLOCK_N, BLOCK_H)  # [BN, BH]
     hh = tl.arange(0, BLOCK_H)
@@ -204,7 +261,8 @@ def _gaussian_read_bwd_kernel(
     dcx, ddx, dlsx, s_x = _filterbank_grads(dFx, Fx, dist_x, off_x, zok_x, inv_2s2)
     dcy, ddy, dlsy, _ = _filterbank_grads(dFy, Fy, dist_y, off_y, zok_y, inv_2s2)
     # The read is linear in F_x and in γ, so ∂L/∂log γ = <G, y> = <∂L/∂F_x, F_x>.
-    _store_param_grads(dparams_ptr, b, dcx, dcy, ddx, ddy, dlsx, dlsy, s_x, delta, H, W, CDT)
+    _store_param_grads(dparams_ptr, params_ptr, b, dcx, dcy, ddx, ddy, dlsx, dlsy, s_x, delta, H, W, CDT,
+                       C_LO, C_HI, L_LO, L_HI)
 
 
 @triton.jit
@@ -214,11 +272,12 @@ def _gaussian_write_fwd_kernel(
     out_ptr,  # [B, C, H, W]
     C,
     N: tl.constexpr, H: tl.constexpr, W: tl.constexpr, SPAN: tl.constexpr, EPS: tl.constexpr, CDT: tl.constexpr,
+    C_LO: tl.constexpr, C_HI: tl.constexpr, L_LO: tl.constexpr, L_HI: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     b = tl.program_id(0)
     c = tl.program_id(1)
-    gx, gy, delta, inv_2s2, gamma, inv_gamma = _draw_params(params_ptr, b, N, H, W, SPAN, CDT)
+    gx, gy, delta, inv_2s2, gamma, inv_gamma = _draw_params(params_ptr, b, N, H, W, SPAN, CDT, C_LO, C_HI, L_LO, L_HI)
     Fx, _, _, _ = _filterbank(gx, delta, inv_2s2, N, W, EPS, CDT, BLOCK_N, BLOCK_W)  # [BN, BW]
     Fy, _, _, _ = _filterbank(gy, delta, inv_2s2, N, H, EPS, CDT, BLOCK_N, BLOCK_H)  # [BN, BH]
     hh = tl.arange(0, BLOCK_H)
@@ -242,10 +301,11 @@ def _gaussian_write_bwd_kernel(
     dparams_ptr,  # [B, 5] out
     C,
     N: tl.constexpr, H: tl.constexpr, W: tl.constexpr, SPAN: tl.constexpr, EPS: tl.constexpr, CDT: tl.constexpr,
+    C_LO: tl.constexpr, C_HI: tl.constexpr, L_LO: tl.constexpr, L_HI: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     b = tl.program_id(0)
-    gx, gy, delta, inv_2s2, gamma, inv_gamma = _draw_params(params_ptr, b, N, H, W, SPAN, CDT)
+    gx, gy, delta, inv_2s2, gamma, inv_gamma = _draw_params(params_ptr, b, N, H, W, SPAN, CDT, C_LO, C_HI, L_LO, L_HI)
     Fx, dist_x, off_x, zok_x = _filterbank(gx, delta, inv_2s2, N, W, EPS, CDT, BLOCK_N, BLOCK_W)  # [BN, BW]
     Fy, dist_y, off_y, zok_y = _filterbank(gy, delta, inv_2s2, N, H, EPS, CDT, BLOCK_N, BLOCK_H)  # [BN, BH]
     hh = tl.arange(0, BLOCK_H)
@@ -272,7 +332,8 @@ def _gaussian_write_bwd_kernel(
     dcx, ddx, dlsx, s_x = _filterbank_grads(dFx, Fx, dist_x, off_x, zok_x, inv_2s2)
     dcy, ddy, dlsy, _ = _filterbank_grads(dFy, Fy, dist_y, off_y, zok_y, inv_2s2)
     # The write is linear in F_x and in 1/γ, so ∂L/∂log γ = -<G, o> = -<∂L/∂F_x, F_x>.
-    _store_param_grads(dparams_ptr, b, dcx, dcy, ddx, ddy, dlsx, dlsy, -s_x, delta, H, W, CDT)
+    _store_param_grads(dparams_ptr, params_ptr, b, dcx, dcy, ddx, ddy, dlsx, dlsy, -s_x, delta, H, W, CDT,
+                       C_LO, C_HI, L_LO, L_HI)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +347,7 @@ def _meta(N: int, H: int, W: int, dtype: torch.dtype) -> dict:
     return dict(
         N=N, H=H, W=W, SPAN=max(H, W) - 1, EPS=FILTER_EPS,
         CDT=tl.float64 if dtype == torch.float64 else tl.float32,
+        C_LO=CENTRE_RANGE[0], C_HI=CENTRE_RANGE[1], L_LO=LOG_PARAM_RANGE[0], L_HI=LOG_PARAM_RANGE[1],
         BLOCK_N=max(16, triton.next_power_of_2(N)), BLOCK_H=block_h, BLOCK_W=block_w,
         num_warps=4 if block_h * block_w <= 32 * 32 else 8,  # unmeasured; see TRITON_MAX_TILE
     )
@@ -380,18 +442,33 @@ def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
 def _bank(mu: torch.Tensor, A: int, log_s2: torch.Tensor, eps: float) -> torch.Tensor:
     """F [B, N, A] from centres mu [B, N] over 1-based pixels a = 1..A (eqs. 25, 26)."""
     a = torch.arange(1, A + 1, dtype=mu.dtype, device=mu.device)  # [A]
-    var = torch.exp(log_s2)[:, None, None]  # [B, 1, 1] σ²
-    f = torch.exp(-((a - mu[..., None]) ** 2) / (2.0 * var))  # [B, N, A]
+    # 1/(2σ²) rather than a division by σ²: autograd of x/σ² would form (a - μ)²/σ⁴, which
+    # overflows (then 0 · inf = NaN) for a far filter at small σ² (the kernels do the same)
+    inv_2s2 = 0.5 * torch.exp(-log_s2)[:, None, None]  # [B, 1, 1]
+    f = torch.exp(-((a - mu[..., None]) ** 2) * inv_2s2)  # [B, N, A]
     return f / f.sum(-1, keepdim=True).clamp_min(eps)
+
+
+def clamp_params(params: torch.Tensor) -> torch.Tensor:
+    """``params [..., 5]`` clamped to ``PARAM_RANGES``, as the ops use them (differentiable).
+
+    The gradient is that of ``torch.clamp`` (1 inside the closed range, 0 outside); NaN stays
+    NaN and passes its gradient.
+    """
+    cols = []
+    for j, (lo, hi) in enumerate(PARAM_RANGES):
+        v = params[..., j]
+        cols.append(torch.where(v < lo, lo, torch.where(v > hi, hi, v)))
+    return torch.stack(cols, dim=-1)
 
 
 def gaussian_filterbanks(params: torch.Tensor, N: int, H: int, W: int, eps: float = FILTER_EPS):
     """``(F_x [B, N, W], F_y [B, N, H], gamma [B])`` from ``params [B, 5]`` (plain torch, differentiable).
 
-    See the module docstring for the conventions (1-based pixels, i = 1..N, ε).
+    See the module docstring for the conventions (1-based pixels, i = 1..N, ε, the parameter clamp).
     """
     _check_common(params, N, H, W, "gaussian_filterbanks")
-    p = params.to(_compute_dtype(params.dtype))
+    p = clamp_params(params.to(_compute_dtype(params.dtype)))
     gx_t, gy_t, log_s2, log_dt, log_g = p.unbind(-1)  # each [B]
     gx = (W + 1) / 2 * (gx_t + 1)  # eq. 22
     gy = (H + 1) / 2 * (gy_t + 1)  # eq. 23
@@ -435,7 +512,7 @@ def _check_common(params: torch.Tensor, N: int, H: int, W: int, op: str) -> None
         shape = tuple(params.shape) if isinstance(params, torch.Tensor) else type(params).__name__
         raise ValueError(f"{op}: params must be [B, 5] = (g̃x, g̃y, log σ², log δ̃, log γ), got {shape}")
     if not params.is_floating_point():
-        raise ValueError(f"{op}: params must be floating point, got {params.dtype}")
+        raise ValueError(f"{op}: params must be floating point, got dtype {params.dtype}")
     for name, v, lo in (("N", N, 2), ("H", H, 1), ("W", W, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{op}: {name}={v!r} must be an int >= {lo}" + (" (the stride divides by N - 1)" if name == "N" else ""))
@@ -444,6 +521,8 @@ def _check_common(params: torch.Tensor, N: int, H: int, W: int, op: str) -> None
 def _check_read(x: torch.Tensor, params: torch.Tensor, N: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"gaussian_read: x must be [B, C, H, W], got {tuple(x.shape) if isinstance(x, torch.Tensor) else x!r}")
+    if not x.is_floating_point():
+        raise ValueError(f"gaussian_read: x must be floating point, got dtype {x.dtype}")
     _check_common(params, N, x.shape[2], x.shape[3], "gaussian_read")
     if params.shape[0] != x.shape[0]:
         raise ValueError(f"gaussian_read: params has B={params.shape[0]} rows, x has B={x.shape[0]}")
@@ -454,6 +533,8 @@ def _check_write(patch: torch.Tensor, params: torch.Tensor, H: int, W: int) -> N
         raise ValueError(
             f"gaussian_write: patch must be [B, C, N, N], got {tuple(patch.shape) if isinstance(patch, torch.Tensor) else patch!r}"
         )
+    if not patch.is_floating_point():
+        raise ValueError(f"gaussian_write: patch must be floating point, got dtype {patch.dtype}")
     _check_common(params, patch.shape[-1], H, W, "gaussian_write")
     if params.shape[0] != patch.shape[0]:
         raise ValueError(f"gaussian_write: params has B={params.shape[0]} rows, patch has B={patch.shape[0]}")

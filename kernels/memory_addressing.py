@@ -19,6 +19,27 @@ e_a = 0, the gradient of the clamped formula (large, 1e6·|e_q|; for float16 key
 overflow to inf when |dS·e_q| > 0.065 -- use float32/bfloat16 keys if zero keys are expected).
 Cosine clamps the query norm the same way.
 
+Dtypes of the inputs: query, keys and prior_query must be floating point; anything else
+(integer, bool, complex) raises ``ValueError`` naming the argument and its dtype (both backends).
+
+Invalid rows (both backends, identical): a query row whose log-normalizer lse_b = log Σ_a exp S
+is not finite -- a NaN or +inf logit, or all logits -inf; e.g. a NaN or inf in that query, a
+NaN in any key (which invalidates every row), or a product that overflows -- is *invalid*:
+its ``addresses`` are all ``INVALID_ADDRESS`` = -1 (never a valid address; ``torch.gather``
+and ``index_select`` refuse it, but ``tensor[addresses]`` wraps -1 to the last entry, so
+callers mask or check it), and its ``log_q``, ``log_prior``, ``kl`` and
+``log_normalizer`` are NaN. Differentiating those outputs gives NaN gradients for every input
+they depend on -- the row's query, every key of its episode (each takes part in the row's
+softmax) and prior_query -- whatever the upstream gradient, 0 included (NaN is not masked by 0).
+Nothing synchronizes with the host: the -1 and NaN are set on the device with ``torch.where``;
+callers that must stop check ``(addresses < 0).any()`` (or ``log_normalizer.isnan()``) where a
+sync is acceptable. Entries with S = -inf in a valid row have q = 0: they are never sampled and
+add 0 to the KL (0 log 0 = 0). A learned prior whose logits have no finite log-sum-exp makes
+``log p`` NaN for the whole episode: ``log_prior`` and ``kl`` are NaN there (and their gradients),
+while ``addresses`` and ``log_q`` are unaffected; if the prior gives probability 0 to an entry
+with q > 0, the KL is +inf. Infinite inputs in valid rows may still give NaN gradients where a
+product 0 · inf arises (as in any matrix product).
+
 Backends (see ``varmem.kernels.dispatch``):
 
 * ``reference``: dense PyTorch on the [G, B, M] logits; the CPU path, the test oracle.
@@ -75,6 +96,7 @@ from varmem.kernels.dispatch import choose, dtype_reason, interpret_mode, triton
 
 SIMILARITIES = ("normalized_dot", "dot", "cosine")
 NORM_EPS = 1e-6
+INVALID_ADDRESS = -1  # the address sampled for a row whose log-normalizer is not finite
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_GROUPS = 65535  # G runs on CUDA grid axis 1
 MAX_HEAD_DIM = 256  # the [BLOCK_M, d] key tile and the [BLOCK_B, d] query tile stay on chip
@@ -245,9 +267,17 @@ def check_memory_inputs(
     num_samples: int | None = None,
     op: str = "memory_addressing",
 ) -> None:
-    """Raise ``ValueError`` naming the argument and its shape when the inputs do not fit."""
+    """Raise ``ValueError`` naming the argument and its shape (or dtype) when the inputs do not fit."""
     if not isinstance(query, torch.Tensor) or not isinstance(keys, torch.Tensor):
         raise ValueError(f"{op}: query and keys must be tensors, got {type(query).__name__} and {type(keys).__name__}")
+    for name, t in (("query", query), ("keys", keys), ("prior_query", prior_query), ("values", values)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            # integer inputs would be computed in float and the result truncated: refused
+            raise ValueError(f"{op}: {name} must be floating point, got dtype {t.dtype}")
     if similarity not in SIMILARITIES:
         raise ValueError(f"{op}: similarity={similarity!r} is not one of {', '.join(SIMILARITIES)}")
     if query.dim() not in (2, 3):
@@ -313,12 +343,27 @@ def similarity_logits(query: torch.Tensor, keys: torch.Tensor, similarity: str) 
     return s
 
 
+def _nan_or_one(lse: torch.Tensor) -> torch.Tensor:
+    """1 where ``lse`` is finite, NaN elsewhere (detached): multiplying by it marks an invalid row
+    NaN in value and in gradient, without a host sync."""
+    lse = lse.detach()
+    return torch.where(torch.isfinite(lse), torch.ones_like(lse), torch.full_like(lse, float("nan")))
+
+
+def log_softmax_or_nan(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the last dim; rows whose logsumexp is not finite are NaN (see the module docstring)."""
+    return torch.log_softmax(logits, dim=-1) * _nan_or_one(torch.logsumexp(logits.detach(), dim=-1)).unsqueeze(-1)
+
+
 def prior_log_probs(keys: torch.Tensor, prior_query: torch.Tensor | None, similarity: str) -> torch.Tensor | None:
-    """log p(a) [G, M] = log_softmax_a S(e_p, e_a) for a learned prior query [G, d]; None: uniform."""
+    """log p(a) [G, M] = log_softmax_a S(e_p, e_a) for a learned prior query [G, d]; None: uniform.
+
+    An episode whose prior logits have no finite log-sum-exp (NaN, +inf, all -inf) gets NaN.
+    """
     if prior_query is None:
         return None
     logits = similarity_logits(prior_query.unsqueeze(1), keys, similarity).squeeze(1)  # [G, M]
-    return torch.log_softmax(logits, dim=-1)
+    return log_softmax_or_nan(logits)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +374,7 @@ def prior_log_probs(keys: torch.Tensor, prior_query: torch.Tensor | None, simila
 class MemoryAddressingOutput(NamedTuple):
     """Outputs of :func:`memory_addressing`; leading [G] present iff the inputs had it."""
 
-    addresses: torch.Tensor  # [G?, B, K] int64, a_k ~ q(a | x_b)
+    addresses: torch.Tensor  # [G?, B, K] int64, a_k ~ q(a | x_b); -1 for an invalid row
     log_q: torch.Tensor  # [G?, B, K] log q(a_k | x_b)
     log_prior: torch.Tensor  # [G?, B, K] log p(a_k)
     kl: torch.Tensor  # [G?, B] KL(q(a | x_b) || p(a)), exact over all M entries
@@ -347,6 +392,7 @@ def memory_log_softmax(query: torch.Tensor, keys: torch.Tensor, *, similarity: s
 def sample_inverse_cdf(log_probs: torch.Tensor, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
     """K exact samples per row of log-probabilities [N, M] by inverse CDF: int64 [N, K]."""
     probs = torch.exp(log_probs.detach().to(torch.float64))  # [N, M]
+    probs = torch.nan_to_num(probs, nan=0.0)  # invalid (NaN) rows: any index; the caller marks them
     cdf = torch.cumsum(probs, dim=-1)  # [N, M]
     u = torch.rand(probs.shape[0], num_samples, generator=generator, device=probs.device, dtype=torch.float64)
     target = u * cdf[:, -1:]  # [N, K]
@@ -370,16 +416,24 @@ def memory_addressing_reference(
     M = k.shape[1]
     s = similarity_logits(q, k, similarity)  # [G, B, M]   (VMA eq. 5)
     lse = torch.logsumexp(s, dim=-1)  # [G, B]
-    log_q_all = s - lse.unsqueeze(-1)  # [G, B, M] log q(a | x_b)
+    valid = _nan_or_one(lse)  # [G, B]: 1, or NaN for an invalid row (lse not finite)
+    lse = lse * valid  # NaN in value and gradient for invalid rows
+    # log q(a | x_b) [G, B, M]; log_softmax shifts by the max, so it stays exact where S - lse
+    # would lose log q to rounding (|S| ≥ 2^24 in float32)
+    log_q_all = torch.log_softmax(s, dim=-1) * valid.unsqueeze(-1)
     log_p = prior_log_probs(k, pq, similarity)  # [G, M] or None (uniform)
     if log_p is None:
         log_p_all = torch.full((G, 1, M), -math.log(M), dtype=s.dtype, device=s.device)
     else:
         log_p_all = log_p.unsqueeze(1)  # [G, 1, M]
-    kl = (log_q_all.exp() * (log_q_all - log_p_all)).sum(-1)  # [G, B]  KL(q(a|x) || p(a))
+    q_all = log_q_all.exp()
+    # KL(q(a|x) || p(a)) with 0 log 0 = 0: entries of zero posterior mass (S = -inf) add nothing
+    u = torch.where(q_all == 0, torch.zeros_like(log_q_all), log_q_all - log_p_all)
+    kl = (q_all * u).sum(-1)  # [G, B]
     addresses = sample_inverse_cdf(log_q_all.reshape(G * B, M), num_samples, generator).view(G, B, num_samples)
     log_q = torch.gather(log_q_all, 2, addresses)  # [G, B, K]
-    log_prior = torch.gather(log_p_all.expand(G, B, M), 2, addresses)  # [G, B, K]
+    log_prior = torch.gather(log_p_all.expand(G, B, M) * valid.unsqueeze(-1), 2, addresses)  # [G, B, K]
+    addresses = torch.where(torch.isnan(valid).unsqueeze(-1), torch.full_like(addresses, INVALID_ADDRESS), addresses)
     out = MemoryAddressingOutput(addresses, log_q, log_prior, kl, lse)
     if squeeze:
         out = MemoryAddressingOutput(*(t.squeeze(0) for t in out))
@@ -429,9 +483,11 @@ def _memory_addressing_fwd_kernel(
             s = s * r[None, :]  # S = <e_q, e_a> / ||e_a||   (VMA eq. 5)
         s = tl.where(mask_m[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        u = s - m_new[:, None]
+        # shift by 0 while every S so far is −inf (exp(−inf − (−inf)) would be NaN)
+        m_sh = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_sh)
+        p = tl.exp(s - m_sh[:, None])
+        u = s - m_sh[:, None]
         if HAS_PRIOR:
             logp = tl.load(logp_ptr + g * stride_pg + offs_m, mask=mask_m, other=0.0)
             u = u - logp[None, :]
@@ -439,7 +495,8 @@ def _memory_addressing_fwd_kernel(
         # re-centre Σ exp(S − m)(S − m − log p) on the new max: + (m_old − m_new)·l_old
         # (m_old = −inf only before the first tile, where l_old = 0)
         dm = tl.where(l_i > 0, m_i - m_new, 0.0)
-        t_i = alpha * (t_i + dm * l_i) + tl.sum(p * u, axis=1)
+        pu = tl.where(p == 0, 0.0, p * u)  # 0 log 0 = 0 (an S = −inf entry); NaN stays NaN
+        t_i = alpha * (t_i + dm * l_i) + tl.sum(pu, axis=1)
         l_i = alpha * l_i + tl.sum(p, axis=1)
         m_i = m_new
     out = g * stride_og + pid_s * stride_os + offs_b
@@ -493,7 +550,7 @@ def _memory_addressing_bwd_dq_kernel(
         if HAS_PRIOR:
             logp = tl.load(logp_ptr + g * stride_pg + offs_m, mask=mask_m, other=0.0)
             u = u - logp[None, :]
-        ds = tl.where(mask_m[None, :], p * (c1[:, None] + c2[:, None] * u), 0.0)
+        ds = tl.where(mask_m[None, :] & (p != 0), p * (c1[:, None] + c2[:, None] * u), 0.0)
         if HAS_SCALE:
             ds = ds * r[None, :]
         acc += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION).to(ACC)
@@ -550,7 +607,7 @@ def _memory_addressing_bwd_dk_kernel(
         u = z
         if HAS_PRIOR:
             u = u - logp[None, :]
-        ds = tl.where(valid, p * (c1[:, None] + c2[:, None] * u), 0.0)
+        ds = tl.where(valid & (p != 0), p * (c1[:, None] + c2[:, None] * u), 0.0)
         dacc += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION).to(ACC)
         if HAS_PRIOR:
             dlogp -= tl.sum(c2[:, None] * p, axis=0)
@@ -660,12 +717,17 @@ def memory_addressing_forward(
     m = m_s.max(dim=1).values  # [G, B]
     w = torch.exp(m_s - m.unsqueeze(1))  # [G, S, B]
     total = (w * l_s).sum(dim=1)  # Σ_a exp(S − m)
-    t = (w * (t_s + (m_s - m.unsqueeze(1)) * l_s)).sum(dim=1)  # Σ_a exp(S − m)(S − m − log p_a)
+    # Σ_a exp(S − m)(S − m − log p_a); a split whose S are all −inf has l_s = 0 and m_s = −inf
+    dm = torch.where(l_s > 0, (m_s - m.unsqueeze(1)) * l_s, torch.zeros_like(l_s))
+    t = (w * (t_s + dm)).sum(dim=1)
     lse = m + torch.log(total)
     kl = t / total - torch.log(total)  # Σ_a q_a (S_a − lse − log p_a)
     if log_prior is None:
         kl = kl + math.log(M)  # log p_a = −log M
-    return lse, kl, m_s, l_s
+    # invalid rows (no finite log-normalizer): NaN, as in the reference (no host sync)
+    ok = torch.isfinite(lse)
+    nan = torch.full_like(lse, float("nan"))
+    return torch.where(ok, lse, nan), torch.where(ok, kl, nan), m_s, l_s
 
 
 def memory_addressing_backward(
@@ -753,6 +815,9 @@ def memory_addressing_sample(
         # P(split s | b) = Z_s / Z with Z_s = exp(m_s) Σ_s
         log_z = split_max + torch.log(split_sumexp)  # [G, S, B]
         probs = torch.softmax(log_z.to(torch.float64), dim=1).permute(0, 2, 1).reshape(G * B, S)
+        # invalid rows (NaN statistics): draw from any valid distribution, the caller marks them −1
+        row_ok = torch.isfinite(probs).all(dim=1, keepdim=True)
+        probs = torch.where(row_ok, probs, torch.ones_like(probs))
         if S == 1:  # one split: the draw is certain; consume the generator exactly as the reference does
             split = torch.zeros(G * B, K, dtype=torch.int64, device=dev)
         else:
@@ -827,6 +892,7 @@ class MemoryAddressing(torch.autograd.Function):
         ctx.save_for_backward(query, keys, inv_norm, log_prior, lse, kl)
         ctx.plan = plan
         ctx.mark_non_differentiable(m_s, l_s)
+        ctx.set_materialize_grads(False)
         return lse, kl, m_s, l_s
 
     @staticmethod
@@ -835,6 +901,14 @@ class MemoryAddressing(torch.autograd.Function):
     def backward(ctx, grad_lse, grad_kl, _gm, _gl):
         query, keys, inv_norm, log_prior, lse, kl = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:4])
+        if grad_lse is None and grad_kl is None:
+            return None, None, None, None, None
+        if grad_lse is None:
+            grad_lse = torch.zeros_like(lse)
+        if grad_kl is None:
+            # kl is not part of the loss: leave out its terms entirely, as autograd does in the
+            # reference (a NaN kl from an invalid prior must not reach the gradients as 0 * NaN)
+            grad_kl, kl, log_prior = torch.zeros_like(kl), torch.zeros_like(kl), None
         dq, dk, dr, dlp = memory_addressing_backward(
             query, keys, inv_norm, log_prior, lse, kl, grad_lse, grad_kl, ctx.plan, needs
         )
@@ -877,7 +951,8 @@ def memory_addressing(
     [d] or [G, d] (learned prior query e_p). ``num_samples`` K (VMA uses K = 4). ``generator``
     drives the sampling. ``tf32``: allow TF32 in float32 products on GPU (Triton backend only).
     Returns :class:`MemoryAddressingOutput` (addresses [.., B, K] int64, log_q [.., B, K],
-    log_prior [.., B, K], kl [.., B], log_normalizer [.., B]).
+    log_prior [.., B, K], kl [.., B], log_normalizer [.., B]). A row without a finite
+    log-normalizer gets addresses -1 and NaN outputs (module docstring, "Invalid rows").
     """
     check_memory_inputs(query, keys, similarity=similarity, prior_query=prior_query, num_samples=num_samples)
     tensors = [query, keys, prior_query]
@@ -905,22 +980,32 @@ def memory_addressing(
         prior_logits = (k.to(acc) @ pq_eff.unsqueeze(-1)).squeeze(-1)  # [G, M]
         if inv_norm is not None:
             prior_logits = prior_logits * inv_norm  # S(e_p, e_a)   (VMA eq. 5)
-        log_p = torch.log_softmax(prior_logits, dim=-1).contiguous()
+        log_p = log_softmax_or_nan(prior_logits).contiguous()
     plan = make_plan(G, B, M, d, q.dtype, q.device, tf32=tf32)
     lse, kl, m_s, l_s = MemoryAddressing.apply(q_eff, k, inv_norm, log_p, plan)
     addresses = memory_addressing_sample(q_eff.detach(), k.detach(), None if inv_norm is None else inv_norm.detach(),
                                          m_s, l_s, num_samples, plan, generator)  # [G, B, K]
+    valid = _nan_or_one(lse)  # [G, B]: 1, or NaN for invalid rows (lse is NaN there)
+    addresses = torch.where(torch.isnan(valid).unsqueeze(-1), torch.full_like(addresses, INVALID_ADDRESS), addresses)
     # log q(a_k | x_b) = S(e_q, e_{a_k}) − lse_b on the K gathered keys (B·K·d, torch autograd)
-    flat = addresses.reshape(G, B * num_samples)
+    flat = addresses.reshape(G, B * num_samples).clamp_min(0)  # invalid rows gather entry 0 (their log_q is NaN)
     k_sel = torch.gather(k, 1, flat.unsqueeze(-1).expand(G, B * num_samples, d)).view(G, B, num_samples, d)
     s_sel = (q_eff.to(acc).unsqueeze(2) * k_sel.to(acc)).sum(-1)  # [G, B, K]
     if inv_norm is not None:
         s_sel = s_sel * torch.gather(inv_norm, 1, flat).view(G, B, num_samples)
-    log_q = s_sel - lse.unsqueeze(-1)
+    # computed as (S − m) − log Σ_a exp(S_a − m) with the row max m, like log_softmax: S − lse
+    # would lose log q to rounding where |S| ≥ 2^24 (float32). lse_rel has lse's gradient.
+    with torch.no_grad():
+        m = m_s.max(dim=1).values  # [G, B]
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        log_total = torch.log((torch.exp(m_s - m.unsqueeze(1)) * l_s).sum(dim=1))  # lse − m, unrounded
+    lse_rel = log_total + (lse - lse.detach())  # NaN for invalid rows
+    log_q = (s_sel - m.unsqueeze(-1)) - lse_rel.unsqueeze(-1)
     if log_p is None:
         log_prior = torch.full((G, B, num_samples), -math.log(M), device=q.device, dtype=acc)
     else:
         log_prior = torch.gather(log_p, 1, flat).view(G, B, num_samples)
+    log_prior = log_prior * valid.unsqueeze(-1)  # NaN (value and gradient) for invalid rows
     out = MemoryAddressingOutput(addresses, log_q, log_prior, kl, lse)
     if squeeze:
         out = MemoryAddressingOutput(*(t.squeeze(0) for t in out))

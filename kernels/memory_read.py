@@ -19,9 +19,14 @@ This is flash-attention with one query per row (flash-decoding):
   M-blocks do not fill the device) are summed in torch (deterministic, no atomics).
 
 Zero-norm keys follow ``varmem.kernels.memory_addressing`` (norms clamped below by NORM_EPS: S = 0
-for a zero key, finite gradients). Double backward is not supported by the Triton backend
-(``once_differentiable``; ``create_graph=True`` raises); the reference supports it. Output
-dtype = values' dtype (16-bit inputs are computed in float32 and rounded at the end).
+for a zero key, finite gradients). Inputs must be floating point (``ValueError`` naming the
+argument and dtype otherwise: an integer read would be truncated). Invalid rows as in
+``memory_addressing`` (log Σ_a exp S[b, a] not finite: a NaN or +inf logit, or all -inf) read
+NaN, in both backends; their gradients are NaN for that query, every key and every value,
+whatever the upstream gradient. Non-finite values propagate as in ``softmax(S) @ values``.
+Double backward is not supported by the Triton backend (``once_differentiable``;
+``create_graph=True`` raises); the reference supports it. Output dtype = values' dtype (16-bit
+inputs are computed in float32 and rounded at the end).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from varmem.kernels.memory_addressing import (
     _cdiv,
     _clamped_norm,
     _dummy,
+    _nan_or_one,
     _tl_acc,
     _triton_reason,
     acc_dtype,
@@ -54,7 +60,8 @@ def memory_read_reference(
     q, k, _, v, squeeze = _as_grouped(query, keys, None, values)
     s = similarity_logits(q, k, similarity)  # [G, B, M]  (VMA eq. 5)
     w = torch.softmax(s, dim=-1)  # [G, B, M]
-    out = (w @ v.to(w.dtype)).to(values.dtype)  # [G, B, dv]
+    valid = _nan_or_one(torch.logsumexp(s.detach(), dim=-1))  # [G, B]: 1, or NaN for an invalid row
+    out = ((w @ v.to(w.dtype)) * valid.unsqueeze(-1)).to(values.dtype)  # [G, B, dv]
     return out.squeeze(0) if squeeze else out
 
 
@@ -102,8 +109,10 @@ def _memory_read_fwd_kernel(
             s = s * r[None, :]
         s = tl.where(mask_m[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
+        # shift by 0 while every S so far is −inf (exp(−inf − (−inf)) would be NaN)
+        m_sh = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_sh)
+        p = tl.exp(s - m_sh[:, None])
         l_i = alpha * l_i + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(ACC)
         m_i = m_new
@@ -261,7 +270,11 @@ def memory_read_forward(
     w = torch.exp(m_s - m.unsqueeze(1))  # [G, S, B]
     total = (w * l_s).sum(dim=1)  # [G, B]
     out = (w.unsqueeze(-1) * o_s).sum(dim=1) / total.unsqueeze(-1)  # [G, B, dv]
-    return out.to(values.dtype), m + torch.log(total)
+    lse = m + torch.log(total)
+    # invalid rows (no finite log-normalizer) read NaN, as in the reference (no host sync)
+    ok = torch.isfinite(lse)
+    out = torch.where(ok.unsqueeze(-1), out, torch.full_like(out, float("nan")))
+    return out.to(values.dtype), torch.where(ok, lse, torch.full_like(lse, float("nan")))
 
 
 def memory_read_backward(

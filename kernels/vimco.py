@@ -31,7 +31,23 @@ nothing). If every other sample of k has weight 0, L̂^{-k} = -inf and the learn
 is +inf, which is the exact value; its gradient contribution is ±inf (0 where the upstream
 gradient is 0, never NaN). A row whose log-weights are all -inf has bound = loo_bound = -inf,
 weights all 0 (there is no distribution to normalize) and learning signal 0, so its gradients
-are 0, not NaN. ``+inf`` or NaN inputs are not supported (NaN results).
+are 0, not NaN.
+
+Infinite weights. A ``+inf`` log-weight is taken as one common value T -> ∞ shared by all the
++inf entries of its row, and every output is the limit: ``bound`` = +inf; ``weights`` = 1/n on
+the row's n +inf entries and 0 elsewhere; ``loo_bound`` = +inf for every k whose others hold
+a +inf, and the finite leave-one-out bound of the others for the row's sole +inf entry (if
+n = 1); the learning signal L̂ - L̂^{-k} = +inf for that sole entry, else the finite limit
+log(n / (n_k + g_k)) + log(denominator / K), with n_k the +inf entries among the others and
+g_k = 1 when (geometric) all K - 1 others are +inf, else 0. Gradients are those limits too
+(finite): ∂L̂/∂log w = ``weights`` and the softmax Jacobian at those weights; the signal of
+the sole +inf entry is +inf (0 where the upstream gradient is 0, as above). -inf entries in
+such a row keep weight 0.
+
+NaN. A row holding a NaN log-weight (anywhere in the row) has ``bound``, every ``weights``
+and ``loo_bound`` entry and every learning signal NaN, and NaN gradients for every entry of
+its ``log_w`` and ``log_q``, even under a zero upstream gradient (NaN is not masked by 0).
+Other rows are unaffected. Reference and Triton follow these rules identically.
 
 Autograd. ``vimco``: ``bound`` and ``weights`` are differentiable (bound → weights; weights →
 the softmax Jacobian); ``loo_bound`` is not (VIMCO uses it as a constant; it is marked
@@ -103,6 +119,7 @@ def _vimco_fwd_kernel(
     BLOCK_K: tl.constexpr,
 ):
     NEG_INF: tl.constexpr = float("-inf")
+    POS_INF: tl.constexpr = float("inf")
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     cols = tl.arange(0, BLOCK_K)  # [BK]
     row_ok = rows < B
@@ -110,6 +127,17 @@ def _vimco_fwd_kernel(
     mask = row_ok[:, None] & col_ok[None, :]  # [BB, BK]
     offs = rows[:, None].to(tl.int64) * K + cols[None, :]
     x = tl.load(logw_ptr + offs, mask=mask, other=NEG_INF).to(CDT)  # [BB, BK] log w
+
+    # NaN rows: every output NaN (set at the end); the NaN entries are read as -inf meanwhile,
+    # so that max/argmax do not depend on how the hardware orders NaN.
+    is_nan = (x != x) & mask
+    row_nan = tl.sum(tl.where(is_nan, 1, 0), axis=1) > 0  # [BB]
+    x = tl.where(is_nan, NEG_INF, x)
+    is_pinf = (x == POS_INF) & mask
+    is_ninf = (x == NEG_INF) & mask
+    n_pinf = tl.sum(tl.where(is_pinf, 1, 0), axis=1)  # [BB]
+    n_ninf = tl.sum(tl.where(is_ninf, 1, 0), axis=1)
+    row_pinf = n_pinf > 0
 
     k_f = K.to(CDT)
     log_k = tl.log(k_f)
@@ -119,38 +147,51 @@ def _vimco_fwd_kernel(
     a1 = tl.min(tl.where(is_top, cols[None, :], BLOCK_K), axis=1)  # [BB]
     is_a1 = cols[None, :] == a1[:, None]  # [BB, BK]
     m2 = tl.max(tl.where(is_a1, NEG_INF, x), axis=1)  # [BB]
-    # Shifts; an all -inf row (or max over nothing) is shifted by 0 so -inf - shift stays -inf.
-    m1s = tl.where(m1 == NEG_INF, 0.0, m1).to(CDT)
-    m2s = tl.where(m2 == NEG_INF, 0.0, m2).to(CDT)
+    # Shifts. An infinite max is replaced by 0: an all -inf row (or max over nothing) so that
+    # -inf - shift stays -inf; a +inf max by the T -> ∞ limit below.
+    m1_inf = m1 == POS_INF
+    m2_inf = m2 == POS_INF
+    m1s = tl.where((m1 == NEG_INF) | m1_inf, 0.0, m1).to(CDT)
+    m2s = tl.where((m2 == NEG_INF) | m2_inf, 0.0, m2).to(CDT)
+    # +inf entries are one common value T -> ∞: shifted by T they are 0 and finite ones -inf.
+    at_t = tl.where(is_pinf, 0.0, NEG_INF).to(CDT)  # [BB, BK]
 
-    e1 = tl.exp(x - m1s[:, None])  # [BB, BK] w_j / exp(m1); 0 at -inf and padding
+    x1 = tl.where(m1_inf[:, None], at_t, x - m1s[:, None])
+    e1 = tl.exp(x1)  # [BB, BK] w_j / exp(m1); 0 at -inf and padding
     s1 = tl.sum(e1, axis=1)  # [BB] ≥ 1 unless the row is all -inf
     # w_j / exp(m2) for j ≠ a (x_j ≤ m2 there; the minimum keeps the unused entry a finite)
-    e2 = tl.where(is_a1, 0.0, tl.exp(tl.minimum(x - m2s[:, None], 0.0)))
+    x2 = tl.where(m2_inf[:, None], at_t, x - m2s[:, None])
+    e2 = tl.where(is_a1, 0.0, tl.exp(tl.minimum(x2, 0.0)))
     s2 = tl.sum(e2, axis=1)  # [BB] Σ_{j≠a} w_j / exp(m2)
 
     s1_pos = s1 > 0
     s1_safe = tl.where(s1_pos, s1, 1.0)
     log_s1 = tl.log(s1_safe)
     bound = tl.where(s1_pos, m1s + log_s1, NEG_INF) - log_k  # VMA eq. 7
-    weights = e1 / s1_safe[:, None]  # 0 everywhere for an all -inf row
+    bound = tl.where(row_pinf, POS_INF, bound)
+    weights = e1 / s1_safe[:, None]  # 0 everywhere for an all -inf row; 1/n on n +inf entries
 
     # Leave-one-out sums Σ_{j≠k} w_j / exp(shift_k): shifted by m1 for k ≠ a (w_a stays in
     # the sum, so S1 - e1_k ≥ 1), by m2 for k = a.
     loo_sum = tl.where(is_a1, s2[:, None], s1[:, None] - e1)  # [BB, BK]
     shift = tl.where(is_a1, m2s[:, None], m1s[:, None])  # [BB, BK]
+    shift_inf = tl.where(is_a1, m2_inf[:, None], m1_inf[:, None])  # [BB, BK] shift is T
     if GEOMETRIC:
-        # Geometric mean of the others, exp(mean_{j≠k} log w_j), from d_j = log w_j - m1.
-        is_ninf = x == NEG_INF
-        d = tl.where(is_ninf, 0.0, x - m1s[:, None])  # [BB, BK]; 0 at -inf and padding
+        # Geometric mean of the others, exp(mean_{j≠k} log w_j), from d_j = log w_j - c with
+        # c the largest finite shift (m1, or m2 when m1 = +inf).
+        c = tl.where(m1_inf, m2s, m1s)  # [BB]
+        is_fin = mask & (~is_pinf) & (~is_ninf)
+        d = tl.where(is_fin, x - c[:, None], 0.0)  # [BB, BK]; 0 at ±inf and padding
         t = tl.sum(d, axis=1)  # [BB] Σ_j d_j over finite j
-        n_ninf = tl.sum(tl.where(mask & is_ninf, 1, 0), axis=1)  # [BB]
         others_ninf = n_ninf[:, None] - tl.where(is_ninf, 1, 0)  # -inf count among j ≠ k
-        mean_d = (t[:, None] - d) / (k_f - 1.0)  # mean_{j≠k} log w_j - m1 (others finite)
+        others_pinf = n_pinf[:, None] - tl.where(is_pinf, 1, 0)  # +inf count among j ≠ k
+        mean_d = (t[:, None] - d) / (k_f - 1.0)  # mean_{j≠k} log w_j - c (others finite)
         # mean_{j≠k} log w_j ≤ max_{j≠k} log w_j = shift_k, so the exponent is ≤ 0; the
         # minimum only removes rounding excess (and keeps the unused branch finite).
-        geo_arg = tl.minimum(mean_d + (m1s[:, None] - shift), 0.0)
-        geo = tl.where(others_ninf == 0, tl.exp(geo_arg), 0.0)
+        geo_arg = tl.minimum(mean_d + (c[:, None] - shift), 0.0)
+        geo = tl.where((others_ninf == 0) & (others_pinf == 0), tl.exp(geo_arg), 0.0)
+        # Shift T: the geometric mean over e^T is 1 if the others are all +inf, else 0.
+        geo = tl.where(shift_inf, tl.where(others_pinf == K - 1, 1.0, 0.0), geo)
         loo_sum = loo_sum + geo
         log_denom = log_k  # VIMCO: log (1/K)(Σ_{j≠k} w_j + geometric mean)
     else:
@@ -160,12 +201,17 @@ def _vimco_fwd_kernel(
     if SIGNAL:
         # L̂ - L̂^{-k} without subtracting two large numbers: (m1 - shift) + log(S1 / loo_sum)
         # + log(denominator / K). +inf where the others all have weight 0; 0 for an all -inf row.
+        # With m1 = T: m1 - shift is 0 where the shift is T too, +inf where it is finite.
         sig = (m1s[:, None] - shift) + tl.log(s1_safe[:, None] / loo_safe) + (log_denom - log_k)
-        sig = tl.where(loo_pos, sig, float("inf"))
+        sig = tl.where(loo_pos & (~(m1_inf[:, None] & (~shift_inf))), sig, POS_INF)
         out = tl.where(s1_pos[:, None], sig, 0.0)
     else:
         out = tl.where(loo_pos, shift + tl.log(loo_safe), NEG_INF) - log_denom
+        out = tl.where(shift_inf, POS_INF, out)
 
+    bound = tl.where(row_nan, float("nan"), bound)
+    weights = tl.where(row_nan[:, None], float("nan"), weights)
+    out = tl.where(row_nan[:, None], float("nan"), out)
     tl.store(bound_ptr + rows, bound.to(bound_ptr.dtype.element_ty), mask=row_ok)
     tl.store(weights_ptr + offs, weights.to(weights_ptr.dtype.element_ty), mask=mask)
     tl.store(loo_ptr + offs, out.to(loo_ptr.dtype.element_ty), mask=mask)
@@ -203,8 +249,9 @@ def _vimco_bwd_kernel(
     tl.store(g_logw_ptr + offs, g_logw.to(g_logw_ptr.dtype.element_ty), mask=mask)
     if HAS_Q:
         sig = tl.load(signal_ptr + offs, mask=mask, other=0.0).to(CDT)
-        # VMA eq. 8: the signal multiplies ∇ log q(h_k); 0 * inf is taken as 0, not NaN.
-        g_logq = gb[:, None] * tl.where(gb[:, None] == 0, 0.0, sig)
+        # VMA eq. 8: the signal multiplies ∇ log q(h_k); 0 * inf is taken as 0, not NaN
+        # (0 * NaN stays NaN: a row holding NaN has NaN gradients).
+        g_logq = gb[:, None] * tl.where((gb[:, None] == 0) & (sig == sig), 0.0, sig)
         tl.store(g_logq_ptr + offs, g_logq.to(g_logq_ptr.dtype.element_ty), mask=mask)
 
 
@@ -337,46 +384,96 @@ def _upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _reference_parts(log_w: torch.Tensor, variant: str):
-    """bound [...], weights [..., K] (both differentiable) and, detached, loo_bound and signal."""
-    x = _upcast(log_w)  # [..., K]
+def _reference_values(x: torch.Tensor, variant: str):
+    """bound [...], weights, loo_bound and signal [..., K] of log-weights ``x`` (no autograd).
+
+    The same steps as ``_vimco_fwd_kernel`` (see the module docstring for the conventions).
+    """
     K = x.shape[-1]
-    neg_inf = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
     log_k = math.log(K)
-    with torch.no_grad():
-        xd = x.detach()
-        m1, a1 = xd.max(dim=-1)  # [...]
-        is_a1 = torch.nn.functional.one_hot(a1, K).bool()  # [..., K]
-        m2 = xd.masked_fill(is_a1, float("-inf")).max(dim=-1).values  # second max
-        m1s = torch.where(torch.isneginf(m1), torch.zeros_like(m1), m1)
-        m2s = torch.where(torch.isneginf(m2), torch.zeros_like(m2), m2)
-    e1 = torch.exp(x - m1s[..., None])  # [..., K] differentiable
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    nan = torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    is_nan = torch.isnan(x)
+    row_nan = is_nan.any(-1)  # [...]
+    x = x.masked_fill(is_nan, float("-inf"))  # read as -inf; the row's outputs are NaN at the end
+    is_pinf, is_ninf = torch.isposinf(x), torch.isneginf(x)
+    n_pinf = is_pinf.sum(-1)
+    n_ninf = is_ninf.sum(-1)
+    row_pinf = n_pinf > 0
+    m1, a1 = x.max(dim=-1)  # [...] max and first argmax
+    is_a1 = torch.nn.functional.one_hot(a1, K).bool()  # [..., K]
+    m2 = x.masked_fill(is_a1, float("-inf")).max(dim=-1).values  # second max
+    m1_inf, m2_inf = torch.isposinf(m1), torch.isposinf(m2)
+    m1s = torch.where(torch.isinf(m1), zero, m1)  # an infinite max shifts by 0
+    m2s = torch.where(torch.isinf(m2), zero, m2)
+    at_t = torch.where(is_pinf, zero, -inf)  # +inf entries = T -> ∞, shifted by T
+    e1 = torch.exp(torch.where(m1_inf[..., None], at_t, x - m1s[..., None]))  # w_j / e^{m1}
     s1 = e1.sum(-1)  # [...]
     s1_pos = s1 > 0
     s1_safe = torch.where(s1_pos, s1, torch.ones_like(s1))
-    bound = torch.where(s1_pos, m1s + torch.log(s1_safe), neg_inf) - log_k  # VMA eq. 7
+    bound = torch.where(s1_pos, m1s + torch.log(s1_safe), -inf) - log_k  # VMA eq. 7
+    bound = torch.where(row_pinf, inf, bound)
     weights = e1 / s1_safe[..., None]
+    x2 = torch.where(m2_inf[..., None], at_t, x - m2s[..., None])
+    s2 = torch.exp(x2.clamp(max=0.0)).masked_fill(is_a1, 0.0).sum(-1)  # Σ_{j≠a} w_j / e^{m2}
+    loo_sum = torch.where(is_a1, s2[..., None], s1[..., None] - e1)  # Σ_{j≠k} w_j / e^{shift}
+    shift = torch.where(is_a1, m2s[..., None], m1s[..., None])
+    shift_inf = torch.where(is_a1, m2_inf[..., None], m1_inf[..., None])
+    if variant == "geometric":
+        c = torch.where(m1_inf, m2s, m1s)  # the largest finite shift
+        is_fin = torch.isfinite(x)
+        d = torch.where(is_fin, x - c[..., None], zero)
+        others_ninf = n_ninf[..., None] - is_ninf.long()
+        others_pinf = n_pinf[..., None] - is_pinf.long()
+        mean_d = (d.sum(-1, keepdim=True) - d) / (K - 1)  # mean_{j≠k} log w_j - c
+        geo_arg = torch.clamp(mean_d + (c[..., None] - shift), max=0.0)
+        geo = torch.where((others_ninf == 0) & (others_pinf == 0), torch.exp(geo_arg), zero)
+        geo = torch.where(shift_inf, (others_pinf == K - 1).to(x.dtype), geo)
+        loo_sum = loo_sum + geo
+        log_denom = log_k  # VIMCO geometric-mean baseline
+    else:
+        log_denom = math.log(K - 1)  # VMA eq. 8
+    loo_pos = loo_sum > 0
+    loo_safe = torch.where(loo_pos, loo_sum, torch.ones_like(loo_sum))
+    loo = torch.where(loo_pos, shift + torch.log(loo_safe), -inf) - log_denom
+    loo = torch.where(shift_inf, inf, loo)
+    sig = (m1s[..., None] - shift) + torch.log(s1_safe[..., None] / loo_safe) + (log_denom - log_k)
+    sig = torch.where(loo_pos & ~(m1_inf[..., None] & ~shift_inf), sig, inf)
+    sig = torch.where(s1_pos[..., None], sig, zero)
+    bound = torch.where(row_nan, nan, bound)
+    weights, loo, sig = (torch.where(row_nan[..., None], nan, t) for t in (weights, loo, sig))
+    return bound, weights, loo, sig
+
+
+class _BoundAndWeights(torch.autograd.Function):
+    """``(bound, weights)`` given their values; backward ∂L̂/∂log w = w̃ and the softmax Jacobian.
+
+    Written as a Function so that the +inf (limit) and NaN conventions hold for the gradients
+    too: a NaN row's weights are NaN, so its gradients are NaN whatever the upstream gradient.
+    The backward is differentiable (double backward works through the saved weights output).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bound: torch.Tensor, weights: torch.Tensor):
+        bound, weights = bound.clone(), weights.clone()
+        ctx.save_for_backward(weights)
+        return bound, weights
+
+    @staticmethod
+    def backward(ctx, g_bound, g_weights):
+        (w,) = ctx.saved_tensors
+        grad = g_bound[..., None] * w  # ∂L̂/∂log w_k = w̃_k
+        grad = grad + w * (g_weights - (g_weights * w).sum(-1, keepdim=True))  # w̃_k (δ_kj - w̃_j)
+        return grad, None, None
+
+
+def _reference_parts(log_w: torch.Tensor, variant: str):
+    """bound [...], weights [..., K] (both differentiable) and, detached, loo_bound and signal."""
+    x = _upcast(log_w)  # [..., K]
     with torch.no_grad():
-        e1d, s1d = e1.detach(), s1_safe.detach()
-        s2 = torch.exp(xd - m2s[..., None]).masked_fill(is_a1, 0.0).sum(-1)  # Σ_{j≠a} w_j / e^{m2}
-        loo_sum = torch.where(is_a1, s2[..., None], s1.detach()[..., None] - e1d)  # Σ_{j≠k} w_j / e^{shift}
-        shift = torch.where(is_a1, m2s[..., None], m1s[..., None])
-        if variant == "geometric":
-            is_ninf = torch.isneginf(xd)
-            d = torch.where(is_ninf, torch.zeros_like(xd), xd - m1s[..., None])
-            others_ninf = is_ninf.sum(-1, keepdim=True) - is_ninf.long()
-            mean_d = (d.sum(-1, keepdim=True) - d) / (K - 1)  # mean_{j≠k} log w_j - m1
-            geo_arg = torch.clamp(mean_d + (m1s[..., None] - shift), max=0.0)
-            loo_sum = loo_sum + torch.where(others_ninf == 0, torch.exp(geo_arg), torch.zeros_like(geo_arg))
-            log_denom = log_k  # VIMCO geometric-mean baseline
-        else:
-            log_denom = math.log(K - 1)  # VMA eq. 8
-        loo_pos = loo_sum > 0
-        loo_safe = torch.where(loo_pos, loo_sum, torch.ones_like(loo_sum))
-        loo = torch.where(loo_pos, shift + torch.log(loo_safe), neg_inf) - log_denom
-        sig = (m1s[..., None] - shift) + torch.log(s1d[..., None] / loo_safe) + (log_denom - log_k)
-        sig = torch.where(loo_pos, sig, torch.full_like(sig, float("inf")))
-        sig = torch.where(s1_pos[..., None], sig, torch.zeros_like(sig))
+        bound, weights, loo, sig = _reference_values(x.detach(), variant)
+    bound, weights = _BoundAndWeights.apply(x, bound, weights)
     return bound, weights, loo, sig
 
 
@@ -389,7 +486,7 @@ def vimco_reference(log_w: torch.Tensor, variant: str = "geometric") -> VimcoOut
 
 
 class _LearningSignal(torch.autograd.Function):
-    """Zero-valued term whose gradient wrt ``log_q [..., K]`` is ``g * signal`` (0 where g is 0)."""
+    """Zero-valued term whose gradient wrt ``log_q [..., K]`` is ``g * signal`` (0 where g is 0, unless NaN)."""
 
     @staticmethod
     def forward(ctx, log_q: torch.Tensor, signal: torch.Tensor):
@@ -400,7 +497,7 @@ class _LearningSignal(torch.autograd.Function):
     def backward(ctx, g):
         (signal,) = ctx.saved_tensors
         g = g[..., None]
-        grad = g * torch.where(g == 0, torch.zeros_like(signal), signal)
+        grad = g * torch.where((g == 0) & ~torch.isnan(signal), torch.zeros_like(signal), signal)
         return grad, None
 
 
@@ -422,7 +519,7 @@ def _check(log_w: torch.Tensor, log_q: torch.Tensor | None, variant: str) -> Non
     if not isinstance(log_w, torch.Tensor) or log_w.dim() < 1:
         raise ValueError("vimco: log_w must be a tensor of shape [..., K] (K samples in the last dimension)")
     if not log_w.is_floating_point():
-        raise ValueError(f"vimco: log_w must be floating point, got {log_w.dtype}")
+        raise ValueError(f"vimco: log_w must be floating point, got dtype {log_w.dtype}")
     K = log_w.shape[-1]
     if K < 2:
         raise ValueError(
@@ -433,7 +530,7 @@ def _check(log_w: torch.Tensor, log_q: torch.Tensor | None, variant: str) -> Non
         if log_q.shape != log_w.shape:
             raise ValueError(f"vimco_surrogate: log_q shape {tuple(log_q.shape)} != log_w shape {tuple(log_w.shape)}")
         if not log_q.is_floating_point():
-            raise ValueError(f"vimco_surrogate: log_q must be floating point, got {log_q.dtype}")
+            raise ValueError(f"vimco_surrogate: log_q must be floating point, got dtype {log_q.dtype}")
 
 
 def _reasons(tensors: list[torch.Tensor], K: int):
@@ -450,7 +547,7 @@ def vimco(log_w: torch.Tensor, variant: str = "geometric") -> VimcoOutput:
     """VIMCO weighting of ``log_w [..., K]`` (K ≥ 2): ``VimcoOutput(bound, weights, loo_bound)``.
 
     See the module docstring for the definitions, the two ``variant`` choices, the treatment
-    of -inf log-weights and which outputs carry gradients.
+    of ±inf and NaN log-weights and which outputs carry gradients.
     """
     _check(log_w, None, variant)
     lead, K = log_w.shape[:-1], log_w.shape[-1]

@@ -82,7 +82,8 @@ class EncodedMemory(NamedTuple):
             return addresses
         G = addresses.shape[0]
         offset = torch.arange(G, device=addresses.device).view(G, *([1] * (addresses.dim() - 1)))
-        return addresses + offset * self.size
+        # an invalid address (kernels.INVALID_ADDRESS, −1: a row with NaN/inf logits) stays −1
+        return torch.where(addresses < 0, addresses, addresses + offset * self.size)
 
 
 class EncodedTargets(NamedTuple):
@@ -194,7 +195,8 @@ class VMA(FewShotModel):
     def latent_terms(self, mem: EncodedMemory, tgt: EncodedTargets, rows: torch.Tensor, generator=None) -> LatentTerms:
         """One reparameterized z per (target, address row): rows [G, T, K] → terms [G, T, K]."""
         G, T, K = rows.shape
-        flat = rows.reshape(-1)  # [G·T·K]
+        flat = rows.reshape(-1).clamp_min(0)  # [G·T·K]; an invalid (−1) row reads row 0: its log q(a|x) is NaN anyway
+        rows = rows.clamp_min(0)
         m_top = mem.top[flat].view(G, T, K, -1)  # [G, T, K, F_m]
         x_top = tgt.top.unsqueeze(2).expand(G, T, K, tgt.top.shape[-1])  # [G, T, K, F_x]
         q_z = DiagonalGaussian.from_params(self.posterior_head(torch.cat([x_top, m_top], dim=-1)))  # [G, T, K, z]

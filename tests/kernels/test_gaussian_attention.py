@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from varmem.kernels import gaussian_filterbanks, gaussian_read, gaussian_read_reference, gaussian_write, gaussian_write_reference
+from varmem.kernels.gaussian_attention import PARAM_RANGES, clamp_params
 from varmem.kernels.dispatch import BackendUnavailable, use_backend
 from tests.assertions import assert_close
 
@@ -266,3 +267,129 @@ def test_large_gpu(B, C, H, W, N, dtype):
     patch = torch.randn(B, C, N, N, dtype=dtype, device=DEVICE)
     got, want = write_case(patch, params, H, W, "triton")
     assert_case(got, want, dtype, ("write", "d/dpatch"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Extreme parameters: clamped to PARAM_RANGES (module docstring, "Extreme parameters")
+# ---------------------------------------------------------------------------------------------
+
+EXTREMES = {  # per parameter column: values far outside, at and just inside the range
+    0: [1e30, -1e30, float("inf"), float("-inf"), 1e13, -1e12, 37.0],
+    1: [1e30, float("-inf"), float("inf"), 1e12, -5e12, -41.0],
+    2: [-1e4, 1e4, float("inf"), float("-inf"), -20.0, 20.0, -1e30, 1e30, 19.5],
+    3: [-1e4, 1e4, float("inf"), float("-inf"), -20.0, 20.0, 1e30, -19.0],
+    4: [-1e4, 1e4, float("inf"), float("-inf"), -20.0, 20.0, -1e30, 19.9],
+}
+
+
+def extreme_params(B: int, dtype, seed: int) -> torch.Tensor:
+    """Fresh random in-range parameters with one or two extreme values inserted per example."""
+    gen = torch.Generator().manual_seed(seed)
+    p = random_params(B, torch.float64).cpu()
+    for b in range(B):
+        for j in torch.randperm(5, generator=gen)[: 1 + b % 2].tolist():
+            vals = EXTREMES[j]
+            p[b, j] = vals[int(torch.randint(len(vals), (1,), generator=gen))]
+    return p.to(dtype=dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("op", ["read", "write"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_extreme_parameters_are_clamped(op, dtype, seed):
+    """log σ² = -1e4 (was NaN), log γ = 1e4 (was inf), ±inf, ±1e30: outputs and every gradient
+    finite, Triton == float64 reference; the same as at the clamped values, with zero gradient
+    for each parameter outside its range."""
+    B, C, H, W, N = 8, 2, 13, 17, 5
+    params = extreme_params(B, dtype, seed=100 + seed)
+    if op == "read":
+        inp = torch.randn(B, C, H, W, dtype=dtype, device=DEVICE)
+        got, want = read_case(inp, params, N, "triton")
+    else:
+        inp = torch.randn(B, C, N, N, dtype=dtype, device=DEVICE)
+        got, want = write_case(inp, params, H, W, "triton")
+    for t in (*got, *want):
+        assert torch.isfinite(t).all(), t
+    assert_case(got, want, dtype, (op, "d/d input"))
+    # clamped semantics: the op at the raw params equals the op at the clamped params ...
+    clamped = clamp_params(params.double()).to(dtype)
+    with use_backend("triton"):
+        at_raw = gaussian_read(inp, params, N) if op == "read" else gaussian_write(inp, params, H, W)
+        at_clamped = gaussian_read(inp, clamped, N) if op == "read" else gaussian_write(inp, clamped, H, W)
+    assert torch.equal(at_raw, at_clamped)
+    # ... and parameters outside their range get gradient 0 (inside: the reference's, checked above)
+    outside = torch.zeros_like(params, dtype=torch.bool)
+    for j, (lo, hi) in enumerate(PARAM_RANGES):
+        outside[:, j] = (params[:, j] < lo) | (params[:, j] > hi)
+    assert outside.any()
+    assert torch.equal(got[2][outside], torch.zeros_like(got[2][outside]))
+    assert torch.equal(want[2][outside], torch.zeros_like(want[2][outside]))
+
+
+def test_issue_examples_are_finite():
+    """The reported inputs: log σ² = -1e4 gave NaN, log γ = 1e4 gave inf (both backends)."""
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float32, device=DEVICE)
+    params = torch.tensor([[0, 0, -1e4, 0, 0], [0, 0, 0, 0, 1e4]], dtype=torch.float32, device=DEVICE)
+    for backend in ("triton", "reference"):
+        with use_backend(backend):
+            assert torch.isfinite(gaussian_read(x, params, 3)).all()
+            assert torch.isfinite(gaussian_write(torch.randn(2, 1, 3, 3, device=DEVICE), params, 8, 8)).all()
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("op", ["read", "write"])
+@pytest.mark.parametrize("col", [0, 2, 4])
+def test_nan_parameter_gives_nan_example(backend, op, col):
+    """A NaN parameter: that example's output and all its gradients NaN; the others untouched."""
+    B, C, H, W, N = 3, 2, 9, 11, 4
+    params = random_params(B, torch.float64)
+    params[1, col] = float("nan")
+    params.requires_grad_()
+    inp = torch.randn((B, C, H, W) if op == "read" else (B, C, N, N), dtype=torch.float64, device=DEVICE, requires_grad=True)
+    with use_backend(backend):
+        out = gaussian_read(inp, params, N) if op == "read" else gaussian_write(inp, params, H, W)
+    d_inp, d_params = torch.autograd.grad(out, (inp, params), torch.randn_like(out))
+    for t in (out, d_inp, d_params):
+        assert torch.isnan(t[1]).all() and torch.isfinite(t[[0, 2]]).all()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("op", ["read", "write"])
+def test_non_finite_input_value_poisons_its_plane(op):
+    """NaN / ±inf pixels: that (example, channel) plane non-finite, identically in both backends."""
+    B, C, H, W, N = 3, 2, 9, 11, 4
+    params = random_params(B, torch.float64)
+    params[2, 2] = 8.0  # wide filters: F > 0 everywhere, so an inf stays inf rather than NaN
+    inp = torch.randn((B, C, H, W) if op == "read" else (B, C, N, N), dtype=torch.float64, device=DEVICE)
+    inp[0, 1, 2, 3] = float("nan")
+    inp[1, 0, 1, 1] = float("inf")
+    inp[2, 1, 0, 2] = float("-inf")
+    outs = {}
+    for backend in ("triton", "reference"):
+        with use_backend(backend):
+            outs[backend] = gaussian_read(inp, params, N) if op == "read" else gaussian_write(inp, params, H, W)
+    tri, ref = outs["triton"], outs["reference"]
+    assert torch.equal(torch.isnan(tri), torch.isnan(ref)) and torch.equal(torch.isposinf(tri), torch.isposinf(ref))
+    assert torch.equal(torch.isneginf(tri), torch.isneginf(ref))
+    bad = [(0, 1), (1, 0), (2, 1)]
+    for b in range(B):
+        for c in range(C):
+            plane = ref[b, c]
+            assert (not torch.isfinite(plane).any()) if (b, c) in bad else torch.isfinite(plane).all(), (b, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_non_floating_inputs_are_refused(dtype):
+    x = torch.ones(2, 1, 8, 8)
+    p = torch.zeros(2, 5)
+    w = torch.ones(2, 1, 3, 3)
+    for backend in ("triton", "reference"):
+        with use_backend(backend):
+            with pytest.raises(ValueError, match=f"gaussian_read: x must be floating point, got dtype {dtype}"):
+                gaussian_read(x.to(dtype), p, 3)
+            with pytest.raises(ValueError, match=f"gaussian_read: params must be floating point, got dtype {dtype}"):
+                gaussian_read(x, p.to(dtype), 3)
+            with pytest.raises(ValueError, match=f"gaussian_write: patch must be floating point, got dtype {dtype}"):
+                gaussian_write(w.to(dtype), p, 8, 8)
+            with pytest.raises(ValueError, match=f"gaussian_write: params must be floating point, got dtype {dtype}"):
+                gaussian_write(w, p.to(dtype), 8, 8)

@@ -301,12 +301,13 @@ def test_forced_triton_that_cannot_serve_lists_both_backends(monkeypatch):
     assert "triton: tensors on cpu" in msg and "reference:" in msg and "memory_addressing" in msg
 
 
+@pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="no float8 dtype in this torch")
 def test_unsupported_dtype_refused_by_triton():
-    q = torch.randint(0, 5, (3, 5), device=_device())
-    k = torch.randint(0, 5, (7, 5), device=_device())
+    q = torch.randn(3, 5, device=_device()).to(torch.float8_e4m3fn)
+    k = torch.randn(7, 5, device=_device()).to(torch.float8_e4m3fn)
     with use_backend("triton"), pytest.raises(BackendUnavailable) as err:
         memory_addressing(q, k)
-    assert "dtype torch.int64 not supported" in str(err.value) and "reference:" in str(err.value)
+    assert "dtype torch.float8_e4m3fn not supported" in str(err.value) and "reference:" in str(err.value)
 
 
 def test_head_dim_limit_refused_by_triton():
@@ -369,3 +370,177 @@ def test_large_gpu(tf32, tol):
     exp = _oracle(q, k, pq, "normalized_dot", out.addresses)
     for name in ("log_normalizer", "kl", "log_q", "log_prior"):
         assert_close(getattr(out, name), exp[name], atol=tol[0], rtol=tol[1], name=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Invalid rows (module docstring): no finite log-normalizer → addresses −1, NaN outputs and gradients
+
+
+def _dense_lse64(q, k, similarity):
+    q64, k64 = q.detach().double(), k.detach().double()
+    grouped = q64.dim() == 3
+    s = similarity_logits(q64 if grouped else q64[None], k64 if grouped else k64[None], similarity)
+    lse = torch.logsumexp(s, dim=-1)
+    return lse if grouped else lse[0]
+
+
+def _check_invalid_rows(q, k, pq, similarity, backend, *, seed=0, zero_upstream_on_invalid=False):
+    """Run ``backend``; check the documented semantics and compare valid rows with the float64 oracle."""
+    atol, rtol = TOL[q.dtype]
+    invalid = ~torch.isfinite(_dense_lse64(q, k, similarity)).to(q.device)  # [G?, B]
+    gen = torch.Generator(device=q.device.type).manual_seed(seed)
+    with use_backend(backend), launch_config(block_m=16, split_size=16, bwd_split_size=16):
+        out = memory_addressing(q, k, prior_query=pq, num_samples=3, similarity=similarity, generator=gen)
+    M = k.shape[-2]
+    addr = out.addresses
+    assert torch.equal(addr[invalid], torch.full_like(addr[invalid], -1))
+    assert bool((addr[~invalid] >= 0).all()) and bool((addr[~invalid] < M).all())
+    for name in ("log_q", "log_prior", "kl", "log_normalizer"):
+        t = getattr(out, name)
+        assert torch.isnan(t[invalid]).all(), name
+        if pq is not None and not torch.isfinite(pq).all():
+            continue
+        assert not torch.isnan(t[~invalid]).any(), name
+    # valid rows against the float64 oracle, every output
+    expected = _oracle(q, k, pq, similarity, addr.clamp_min(0))
+    for name in ("log_normalizer", "kl", "log_q", "log_prior"):
+        assert_close(getattr(out, name)[~invalid], expected[name][~invalid], atol=atol, rtol=rtol, name=name)
+    # gradients: NaN for the invalid rows' queries, every key and prior_query; valid query rows
+    # as in the oracle (rows are independent in dq)
+    names = ["log_normalizer", "kl", "log_q", "log_prior"]
+    ups = {n: torch.randn(getattr(out, n).shape, generator=torch.Generator().manual_seed(seed + i), dtype=torch.float64).to(q.device)
+           for i, n in enumerate(names)}
+    if zero_upstream_on_invalid:
+        for n in names:
+            ups[n][invalid] = 0.0
+    inputs = [t for t in (q, k, pq) if t is not None]
+    grads = torch.autograd.grad(sum((getattr(out, n).double() * ups[n]).sum() for n in names), inputs, allow_unused=True)
+    dq = grads[0]
+    assert torch.isnan(dq[invalid]).all() and not torch.isnan(dq[~invalid]).any()
+    if bool(invalid.any()):
+        dk = grads[1]
+        if q.dim() == 3:  # per episode: the keys (and per-episode prior) of an episode with an invalid row
+            bad_g = invalid.any(-1)
+            assert torch.isnan(dk[bad_g]).all() and not torch.isnan(dk[~bad_g]).any()
+            if pq is not None and pq.dim() == 2:
+                assert torch.isnan(grads[2][bad_g]).all() and not torch.isnan(grads[2][~bad_g]).any()
+            elif pq is not None:
+                assert torch.isnan(grads[2]).all()
+        else:
+            for g in grads[1:]:
+                assert g is not None and torch.isnan(g).all()
+    loss_ref = sum((expected[n][~invalid] * ups[n][~invalid]).sum() for n in names)
+    (dq_ref,) = torch.autograd.grad(loss_ref, q)
+    assert_close(dq[~invalid], dq_ref[~invalid], atol=atol, rtol=rtol, name="dquery (valid rows)")
+    return out, invalid
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("prior", [None, "shared"])
+def test_nan_and_inf_queries_give_invalid_rows(backend, dtype, similarity, prior):
+    """A NaN query gave NaN log_q with valid-looking addresses (all M−1): now −1 and NaN."""
+    seed = zlib.crc32(repr(("invalid", dtype, similarity, prior)).encode()) % 10_000
+    q, k, pq = _inputs(seed, 6, 40, 5, dtype, prior=prior)
+    with torch.no_grad():
+        q[1, 2] = float("nan")
+        q[3, 0] = float("inf")
+        q[4] = float("nan")
+    out, invalid = _check_invalid_rows(q, k, pq, similarity, backend, seed=seed)
+    assert invalid.tolist() == [False, True, False, True, True, False]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_invalid_rows_poison_gradients_under_zero_upstream(backend):
+    q, k, pq = _inputs(5, 4, 20, 5, torch.float64, prior="shared")
+    with torch.no_grad():
+        q[2, 0] = float("nan")
+    _check_invalid_rows(q, k, pq, "normalized_dot", backend, seed=5, zero_upstream_on_invalid=True)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("G", [None, 2])
+def test_nan_key_invalidates_every_row(backend, G):
+    q, k, pq = _inputs(7, 3, 20, 5, torch.float64, G=G, prior="shared" if G is None else "per_episode")
+    with torch.no_grad():
+        k[..., 4, 1] = float("nan") if G is None else 0.0
+        if G is not None:
+            k[0, 4, 1] = float("nan")  # episode 0 only
+    out, invalid = _check_invalid_rows(q, k, pq, "normalized_dot", backend, seed=7)
+    if G is None:
+        assert invalid.all()
+    else:
+        assert invalid[0].all() and not invalid[1].any()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_minus_inf_logits_in_a_valid_row(backend):
+    """S = −inf for some keys ("dot", −inf key components): q = 0 there, never sampled, adds 0 to the KL."""
+    q, k, _ = _inputs(9, 4, 40, 3, torch.float64)
+    with torch.no_grad():
+        q.abs_()  # all query components > 0: <q, k_a> = −inf for a key with a −inf component
+        k[[3, 17, 30], 0] = float("-inf")
+        k[[3, 17, 30], 1:] = 1.0
+        # entries 0..15 (one whole split of 16) all −inf as well: the online softmax sees a split with no finite S
+        k[:16, 0] = float("-inf")
+    with use_backend(backend), launch_config(block_m=16, split_size=16):
+        out = memory_addressing(q, k, num_samples=50, similarity="dot", generator=torch.Generator().manual_seed(0))
+    lse64 = _dense_lse64(q, k, "dot")
+    assert torch.isfinite(lse64).all()
+    assert_close(out.log_normalizer, lse64, atol=1e-10, rtol=1e-9, name="lse")
+    bad = torch.zeros(40, dtype=torch.bool)
+    bad[:16] = True
+    bad[[17, 30]] = True
+    assert not bad[out.addresses.cpu()].any()
+    s = similarity_logits(q.detach()[None], k.detach()[None], "dot")[0]
+    lq = torch.log_softmax(s, -1)
+    p = lq.exp()
+    kl = (p * torch.where(p > 0, lq + math.log(40), torch.zeros_like(lq))).sum(-1)
+    assert_close(out.kl, kl, atol=1e-10, rtol=1e-9, name="kl with 0 log 0 = 0")
+    dq, dk = torch.autograd.grad(out.kl.sum() + out.log_normalizer.sum() + out.log_q.sum(), (q, k))
+    # the 0 · (−inf) of the KL does not reach the gradients: dkeys finite; dquery too, except the
+    # component where keys are −inf (dq = Σ_a dS_a e_a has 0 · (−inf) = NaN, as in any matrix product)
+    assert torch.isfinite(dk).all()
+    assert torch.isfinite(dq[:, 1:]).all() and torch.isnan(dq[:, 0]).all()
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_invalid_prior_gives_nan_log_prior_and_kl_only(backend):
+    q, k, pq = _inputs(13, 4, 20, 5, torch.float64, prior="shared")
+    with torch.no_grad():
+        pq[0] = float("nan")
+    gen = torch.Generator(device=q.device.type).manual_seed(1)
+    with use_backend(backend):
+        out = memory_addressing(q, k, prior_query=pq, num_samples=3, generator=gen)
+    assert bool((out.addresses >= 0).all())
+    assert torch.isnan(out.log_prior).all() and torch.isnan(out.kl).all()
+    exp = _oracle(q, k, None, "normalized_dot", out.addresses)
+    assert_close(out.log_q, exp["log_q"], atol=1e-10, rtol=1e-9, name="log_q")
+    assert_close(out.log_normalizer, exp["log_normalizer"], atol=1e-10, rtol=1e-9, name="lse")
+    # gradients of log_q and lse alone do not see the prior: finite, equal to the oracle's
+    dq, dk, dpq = torch.autograd.grad(out.log_q.sum() + out.log_normalizer.sum(), (q, k, pq), allow_unused=True)
+    dq_ref, dk_ref = torch.autograd.grad(exp["log_q"].sum() + exp["log_normalizer"].sum(), (q, k))
+    assert_close(dq, dq_ref, atol=1e-10, rtol=1e-9, name="dq")
+    assert_close(dk, dk_ref, atol=1e-10, rtol=1e-9, name="dk")
+    assert dpq is None or torch.equal(dpq, torch.zeros_like(dpq))
+    # differentiating kl (even with a zero upstream gradient) poisons everything, in both backends
+    with use_backend(backend):
+        out = memory_addressing(q, k, prior_query=pq, num_samples=3, generator=gen)
+    dq, dk, dpq = torch.autograd.grad((out.kl * 0).sum() + out.log_normalizer.sum(), (q, k, pq))
+    assert torch.isnan(dq).all() and torch.isnan(dk).all() and torch.isnan(dpq).all()
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("arg", ["query", "keys", "prior_query"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_non_floating_inputs_are_refused(backend, arg, dtype):
+    q, k, pq = (t.detach() for t in _inputs(3, 3, 7, 5, torch.float32, prior="shared"))
+    inputs = {"query": q, "keys": k, "prior_query": pq}
+    inputs[arg] = inputs[arg].to(dtype)
+    with use_backend(backend), pytest.raises(ValueError, match=f"memory_addressing: {arg} must be floating point, got dtype {dtype}"):
+        memory_addressing(inputs["query"], inputs["keys"], prior_query=inputs["prior_query"])

@@ -169,3 +169,76 @@ def test_half_precision_gpu(dtype):
 @pytest.mark.gpu
 def test_large_gpu():
     _check(*_inputs(97, 256, 20_000, 128, 128, torch.float32, device="cuda"), "normalized_dot", seed=97)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dtypes and invalid rows (module docstring)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("arg", ["query", "keys", "values"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_non_floating_inputs_are_refused(backend, arg, dtype):
+    """Integer tensors were accepted and the read truncated: every argument must be floating point."""
+    q, k, v = (t.detach() for t in _inputs(3, 3, 7, 5, 4, torch.float32))
+    inputs = {"query": q, "keys": k, "values": v}
+    inputs[arg] = inputs[arg].to(dtype)
+    with use_backend(backend), pytest.raises(ValueError, match=f"memory_read: {arg} must be floating point, got dtype {dtype}"):
+        memory_read(inputs["query"], inputs["keys"], inputs["values"])
+
+
+def test_integer_read_is_refused_not_truncated():
+    q, k, v = (torch.ones(2, 3, dtype=torch.int64), torch.ones(4, 3, dtype=torch.int64), torch.ones(4, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="memory_read: query must be floating point, got dtype torch.int64"):
+        memory_read(q, k, v)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_invalid_rows_read_nan(backend, dtype, similarity):
+    """Rows without a finite log-normalizer (NaN or inf query) read NaN; their gradients are NaN for
+    that query, every key and every value; valid rows match the float64 oracle."""
+    seed = zlib.crc32(repr(("invalid", dtype, similarity)).encode()) % 10_000
+    q, k, v = _inputs(seed, 6, 40, 5, 3, dtype)
+    with torch.no_grad():
+        q[1, 2] = float("nan")
+        q[3, 0] = float("inf")
+    invalid = torch.tensor([False, True, False, True, False, False], device=q.device)
+    atol, rtol = TOL[dtype]
+    with use_backend(backend), launch_config(block_m=16, bwd_split_size=16, row_split_size=16):
+        out = memory_read(q, k, v, similarity=similarity)
+    ref = memory_read_reference(q.double(), k.double(), v.double(), similarity=similarity)
+    assert torch.isnan(out[invalid]).all() and torch.isnan(ref[invalid]).all()
+    assert_close(out[~invalid], ref[~invalid], atol=atol, rtol=rtol, name="valid rows")
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(q.device)
+    up[invalid] = 0.0  # a zero upstream gradient does not mask NaN
+    dq, dk, dv = torch.autograd.grad((out.double() * up).sum(), (q, k, v))
+    assert torch.isnan(dq[invalid]).all() and torch.isnan(dk).all() and torch.isnan(dv).all()
+    (dq_ref,) = torch.autograd.grad((ref[~invalid] * up[~invalid]).sum(), q)
+    assert_close(dq[~invalid], dq_ref[~invalid], atol=atol, rtol=rtol, name="dquery (valid rows)")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_minus_inf_logits(backend):
+    """"dot" with −inf key components: S = −inf entries get weight 0 (a whole split of them too);
+    a row whose logits are all −inf is invalid (NaN)."""
+    q, k, v = _inputs(19, 3, 40, 3, 4, torch.float64)
+    with torch.no_grad():
+        q.abs_()
+        q[2, 0] = 0.0  # row 2: <q, k_a> = 0 · (−inf) = NaN at the −inf keys: invalid
+        k[:16, 0] = float("-inf")
+        k[:16, 1:] = 1.0
+    with use_backend(backend), launch_config(block_m=16, bwd_split_size=16):
+        out = memory_read(q, k, v, similarity="dot")
+    w = torch.softmax(q.detach()[:2] @ k.detach()[16:].T, -1)
+    assert_close(out[:2], w @ v.detach()[16:], atol=1e-12, rtol=1e-10, name="rows 0, 1")
+    assert torch.isnan(out[2]).all()
+    qn = -q.detach().abs() - 1.0  # all components < 0: every key with a −inf component gives +inf → invalid
+    with use_backend(backend):
+        assert torch.isnan(memory_read(qn, k.detach(), v.detach(), similarity="dot")).all()
+        kn = k.detach().clone()
+        kn[:, 0] = float("-inf")  # all logits −inf for positive queries: invalid
+        assert torch.isnan(memory_read(q.detach()[:2], kn, v.detach(), similarity="dot")).all()

@@ -271,3 +271,150 @@ def test_large_batch_gpu(variant):
     ref = run("reference", log_w, variant)
     for name, a, b in zip(("bound", "weights", "loo_bound"), tri, ref):
         assert_close(a, b, atol=1e-10, rtol=1e-9, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# ±inf and NaN log-weights (module docstring: "Infinite weights", "NaN")
+# ---------------------------------------------------------------------------------------------
+
+T_LIMIT = 1e5  # +inf = T -> ∞: the oracle substitutes T (exp(f - T) = 0 for |f| << T in float64)
+
+
+def oracle_extreme(log_w: torch.Tensor, variant: str):
+    """float64 (bound, weights, loo_bound, signal) under the ±inf / NaN conventions, by brute force:
+    +inf entries become one large T, the finite oracle runs, and the results are mapped back."""
+    x = log_w.detach().to(torch.float64).cpu()
+    row_nan = torch.isnan(x).any(-1)
+    is_pinf = torch.isposinf(x)
+    row_pinf = is_pinf.any(-1) & ~row_nan
+    xt = torch.where(is_pinf, torch.full_like(x, T_LIMIT), torch.nan_to_num(x, nan=0.0, posinf=T_LIMIT, neginf=float("-inf")))
+    bound, weights, loo, _ = oracle(xt, variant)
+    signal = bound[:, None] - loo  # both near T where they hold a +inf: error ~ ulp(T) ≈ 1.5e-11
+    all_ninf = torch.isneginf(xt).all(-1, keepdim=True)
+    signal = torch.where(all_ninf, torch.zeros_like(signal), signal)
+    signal = torch.where(torch.isneginf(loo), torch.full_like(signal, float("inf")), signal)
+    big = loo > T_LIMIT / 2  # the others hold a +inf
+    signal = torch.where(row_pinf[:, None] & ~big, torch.full_like(signal, float("inf")), signal)
+    loo = torch.where(big, torch.full_like(loo, float("inf")), loo)
+    bound = torch.where(row_pinf, torch.full_like(bound, float("inf")), bound)
+    nan = float("nan")
+    bound = torch.where(row_nan, torch.full_like(bound, nan), bound)
+    weights, loo, signal = (torch.where(row_nan[:, None], torch.full_like(t, nan), t) for t in (weights, loo, signal))
+    return bound, weights, loo, signal, xt
+
+
+def oracle_extreme_grad(xt, row_nan, g_bound, g_weights):
+    """∂/∂log w of <g_bound, bound> + <g_weights, weights> at the T-substituted values; NaN rows NaN."""
+    all_ninf = torch.isneginf(xt).all(-1)
+    x = torch.where(all_ninf[:, None], torch.zeros_like(xt), xt).requires_grad_()
+    (grad,) = torch.autograd.grad((torch.logsumexp(x, -1), torch.softmax(x, -1)), x, (g_bound.double().cpu(), g_weights.double().cpu()))
+    grad = torch.where(all_ninf[:, None], torch.zeros_like(grad), grad)  # all -inf: weights 0, gradients 0
+    return torch.where(row_nan[:, None], torch.full_like(grad, float("nan")), grad)
+
+
+def extreme_rows(K: int, dtype, seed: int) -> torch.Tensor:
+    """Fresh random rows (log w ~ N(-50, 4²)) with ±inf and NaN inserted in every pattern."""
+    gen = torch.Generator().manual_seed(seed)
+    nan, inf = float("nan"), float("inf")
+    rows = []
+    for pattern in ("finite", "nan", "nan+inf", "pinf1", "pinf2", "pinf+ninf", "pinf_all", "ninf_rest", "nan_all"):
+        r = torch.randn(K, generator=gen, dtype=torch.float64) * 4 - 50
+        pos = torch.randperm(K, generator=gen).tolist()
+        if pattern == "nan":
+            r[pos[0]] = nan
+        elif pattern == "nan+inf":
+            r[pos[0]], r[pos[1]] = nan, inf
+        elif pattern == "pinf1":
+            r[pos[0]] = inf
+        elif pattern == "pinf2":
+            r[pos[0]] = inf
+            r[pos[-1]] = inf
+        elif pattern == "pinf+ninf":
+            r[pos[0]], r[pos[-1]] = inf, -inf
+        elif pattern == "pinf_all":
+            r[:] = inf
+        elif pattern == "ninf_rest":  # a sole +inf, all others -inf
+            r[:] = -inf
+            r[pos[0]] = inf
+        elif pattern == "nan_all":
+            r[:] = nan
+        rows.append(r)
+    return torch.stack(rows).to(dtype=dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K", [2, 3, 7, 65])
+def test_inf_and_nan_entries(backend, variant, dtype, K):
+    """Every output and gradient against the float64 T -> ∞ oracle; NaN rows all NaN."""
+    atol, rtol = TOLERANCES[dtype]
+    log_w = extreme_rows(K, dtype, seed=K).requires_grad_()
+    B = log_w.shape[0]
+    bound, weights, loo, signal, xt = oracle_extreme(log_w, variant)
+    row_nan = torch.isnan(bound)
+    out = run(backend, log_w, variant)
+    assert_close(out.bound, bound, atol=atol, rtol=rtol, name="bound")
+    assert_close(out.weights, weights, atol=atol, rtol=rtol, name="weights")
+    assert_close(out.loo_bound, loo, atol=atol, rtol=rtol, name="loo_bound")
+    # bound and weights: gradients with random upstream gradients, a zero one for some rows
+    g_bound = torch.randn(B, dtype=dtype, device=DEVICE)
+    g_bound[::3] = 0
+    g_weights = torch.randn(B, K, dtype=dtype, device=DEVICE)
+    (grad,) = torch.autograd.grad((out.bound, out.weights), log_w, (g_bound, g_weights))
+    assert_close(grad, oracle_extreme_grad(xt, row_nan, g_bound, g_weights), atol=atol, rtol=rtol, name="grad log_w")
+    # surrogate: value, ∂/∂log_w = g w̃, ∂/∂log_q = g (L̂ - L̂^{-k}) with 0 · inf = 0 but 0 · NaN = NaN
+    log_w2 = log_w.detach().requires_grad_()
+    log_q = torch.randn(B, K, dtype=dtype, device=DEVICE).requires_grad_()
+    with use_backend(backend):
+        s = vimco_surrogate(log_w2, log_q, variant)
+    assert_close(s, bound, atol=atol, rtol=rtol, name="surrogate")
+    g = g_bound.double().cpu()[:, None]
+    grad_w, grad_q = torch.autograd.grad(s, (log_w2, log_q), g_bound)
+    assert_close(grad_w, g * weights, atol=atol, rtol=rtol, name="surrogate d/d log_w")
+    expected_q = torch.where((g == 0) & ~torch.isnan(signal), torch.zeros_like(signal), g * signal)
+    # the signal is a difference of two bounds near T in the oracle: compare at T's resolution
+    assert_close(grad_q, expected_q, atol=atol + 1e-10 * T_LIMIT, rtol=rtol, name="surrogate d/d log_q")
+    # the documented shape of the semantics, independent of the oracle
+    for b in range(B):
+        if row_nan[b]:
+            assert torch.isnan(grad_w[b]).all() and torch.isnan(grad_q[b]).all()
+        else:
+            assert not torch.isnan(out.weights[b]).any() and not torch.isnan(grad_w[b]).any()
+    pinf = torch.isposinf(log_w.detach()).cpu() & ~row_nan[:, None]
+    n = pinf.sum(-1, keepdim=True)
+    rows = (n[:, 0] > 0)
+    assert_close(out.weights[rows.to(out.weights.device)], (pinf.double() / n.clamp_min(1))[rows], atol=atol, rtol=0,
+                 name="weights of +inf rows: 1/n on the +inf entries")
+
+
+def test_inf_and_nan_examples():
+    """The issue's cases written out: a NaN row gives NaN (was -inf), a +inf row gives +inf (was -inf)."""
+    nan, inf = float("nan"), float("inf")
+    log_w = torch.tensor([[0.0, nan, 1.0], [0.0, inf, 1.0], [inf, inf, 0.0]], dtype=torch.float64, device=DEVICE)
+    for backend in BACKENDS:
+        for variant in VARIANTS:
+            out = run(backend, log_w, variant)
+            assert torch.isnan(out.bound[0]) and out.bound[1].item() == inf and out.bound[2].item() == inf
+            assert torch.isnan(out.weights[0]).all() and torch.isnan(out.loo_bound[0]).all()
+            assert out.weights[1].tolist() == [0.0, 1.0, 0.0] and out.weights[2].tolist() == [0.5, 0.5, 0.0]
+            assert out.loo_bound[1, 0].item() == inf and out.loo_bound[2].tolist() == [inf, inf, inf]
+            # the sole +inf entry's leave-one-out bound is that of the others (finite)
+            others = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+            expected = (torch.logsumexp(torch.cat([others, others.mean(-1, keepdim=True)], -1), -1) - math.log(3)
+                        if variant == "geometric" else torch.logsumexp(others, -1) - math.log(2))
+            assert out.loo_bound[1, 1].item() == pytest.approx(expected.item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_row_gradients_are_nan_even_under_zero_upstream(backend):
+    log_w = torch.randn(3, 5, dtype=torch.float64, device=DEVICE)
+    log_w[1, 2] = float("nan")
+    log_w.requires_grad_()
+    log_q = torch.zeros_like(log_w, requires_grad=True)
+    with use_backend(backend):
+        s = vimco_surrogate(log_w, log_q)
+    grad_w, grad_q = torch.autograd.grad(s, (log_w, log_q), torch.zeros(3, dtype=torch.float64, device=DEVICE))
+    assert torch.isnan(grad_w[1]).all() and torch.isnan(grad_q[1]).all()
+    assert torch.equal(grad_w[[0, 2]].cpu(), torch.zeros(2, 5, dtype=torch.float64))
+    assert torch.equal(grad_q[[0, 2]].cpu(), torch.zeros(2, 5, dtype=torch.float64))
