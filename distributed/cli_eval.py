@@ -223,11 +223,8 @@ def _eval(args: argparse.Namespace) -> int:
     from varmem.distributed.run import evaluate_run, load_run
     from varmem.models.eval.report import format_headline, format_tables
 
-    if args.no_verify_shards:
-        import os
-
-        os.environ["VARMEM_VERIFY_SHARDS"] = "0"  # read by Dataset.open (varmem.episodes.stamps)
-    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device, data=args.data)
+    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device, data=args.data,
+                   verify_shards=False if args.no_verify_shards else None)
     options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,
                "classification_episodes": args.classification_episodes, "likelihood_episodes": args.likelihood_episodes,
                "likelihood_samples": args.likelihood_samples, "tables": {"all": True, "none": False}.get(args.tables, (args.tables,))}

@@ -14,15 +14,13 @@ when a figure is drawn.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from varmem.distributed.metrics import row_tags
+from varmem.distributed.metrics import METRICS_FILE, parse_rows, row_tags
 from varmem.typed import ConfigError
 
-METRICS_FILE = "metrics.jsonl"  # the name varmem.distributed.rundir writes (that module imports torch)
 KINDS = ("train", "val")
 STDERR = "_stderr"  # NAME_stderr: the standard error of NAME, drawn as a band around it
 PANEL = (4.0, 3.0)  # inches per subplot: 480 × 360 px at varmem.plotting.DPI
@@ -42,20 +40,15 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         raise ConfigError(f"{path} does not exist: {run_dir} is not a varmem run directory, or its run has not "
                           "logged a step yet (a row comes every train.log_every steps)")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not readable ({exc})") from None
-    rows = []
-    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
-    for n, (i, line) in enumerate(numbered):
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):  # JSONDecodeError; nested thousands deep
-            if n == len(numbered) - 1:
-                continue  # being written
-            raise ConfigError(f"{path}: line {i} is not a JSON object; the file is damaged") from None
-        if isinstance(row, dict) and row.get("kind") in KINDS and isinstance(row.get("step"), int):
-            rows.append(row)
+    parsed, bad = parse_rows(text)
+    numbered = [i for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    damaged = [i for i in bad if i != numbered[-1]]  # the last line may still be being written
+    if damaged:
+        raise ConfigError(f"{path}: line {damaged[0]} is not a JSON object; the file is damaged")
+    rows = [row for _, row in parsed if row.get("kind") in KINDS and isinstance(row.get("step"), int)]
     if not rows:
         raise ConfigError(f"{path} holds no train or val rows yet: train the run for train.log_every steps first")
     return rows

@@ -208,12 +208,13 @@ def _image_shape(config: RunConfig, state: dict[str, Any], source: Path) -> tupl
 
 
 def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None,
-             data: str | Path | None = None) -> LoadedRun:
+             data: str | Path | None = None, verify_shards: bool | None = None) -> LoadedRun:
     """Open ``run_dir`` (its config.yaml and newest checkpoint, or ``checkpoint``): the model in eval mode.
 
     No dataset is opened: the image size comes from ``data.image_size`` or the checkpoint. ``data``: the
     dataset evaluation reads (default the config's ``data.dir``), opened now and checked to hold images
-    of the model's size (a DataError naming both sizes otherwise).
+    of the model's size (a DataError naming both sizes otherwise). ``verify_shards``: overrides the run's
+    ``data.verify_shards`` (check the shards' sha256 when the dataset is opened).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -222,6 +223,8 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir / CONFIG_FILE} is missing: {run_dir} is not a varmem run directory")
     config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
+    if verify_shards is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, verify_shards=verify_shards))
     if checkpoint is not None:
         source = Path(checkpoint)
         state = load_checkpoint(source)

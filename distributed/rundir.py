@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from varmem.distributed.config import ConfigError, RunDirError, atomic_write_text
+from varmem.distributed.metrics import METRICS_FILE, parse_rows, read_metrics  # noqa: F401  (re-exported)
 from varmem.episodes.files import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
 FINAL_FILE = "final_metrics.json"
 CHECKPOINT_FORMAT = 1
 HASH_RECORD = "varmem-sha256"  # the record of a checkpoint's archive that holds the sha256 of the others
@@ -239,43 +239,15 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         raise disk_full_error(path, cause, len(line)) from None
 
 
-def _rows(text: str) -> tuple[list[tuple[str, dict[str, Any]]], list[int]]:
-    """(line, row) of every whole JSON object line of a metrics log, and the numbers of the lines that are
-    not (a line cut short by a crash or a full disk, garbage)."""
-    rows, bad = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            bad.append(number)
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step", 0), int):
-            rows.append((line, row))
-        else:
-            bad.append(number)
-    return rows, bad
-
-
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the rows up to ``step``: a resumed run rewrites what came after its checkpoint. Lines that are
     not whole rows (the half-written last line of a crash or a full disk) are dropped, with a warning."""
     if not path.exists():
         return
-    rows, bad = _rows(path.read_bytes().decode("utf-8", errors="replace"))
+    rows, bad = parse_rows(path.read_bytes().decode("utf-8", errors="replace"))
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         warn(f"{path}: dropped {len(bad)} line(s) that are not whole JSON rows (line {shown}: a write cut "
              "short by a crash or a full disk)")
     kept = [line for line, row in rows if row.get("step", 0) <= step]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` (a half-written last line, from a run still writing, is skipped)."""
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    return [row for _, row in _rows(text)[0]]
