@@ -1,4 +1,6 @@
-"""Training throughput of VMA and its baselines (VAE, soft attention), kernels on and off.
+"""Training throughput of VMA, its baselines (VAE, soft attention) and the sequential family (Rezende et al.
+2016 and DRAW, at the papers' sizes: ``configs/sequential_strokes.yaml``, ``configs/draw_strokes.yaml``; their
+Gaussian read/write attention is what the ``triton`` rows change), kernels on and off.
 
 One row per (config, backend): the median and 20/80 quantiles of the time of one training step,
 steps/s (1 / median), episodes/s (episodes per step × steps/s), CPU time per step (all threads of
@@ -50,7 +52,8 @@ from varmem.benchmarks.harness import (RESULTS_DIR, default_out, environment, fo
                                 write_results)
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIGS = ("configs/vma_strokes.yaml", "configs/vae_strokes.yaml", "configs/softattn_strokes.yaml")
+DEFAULT_CONFIGS = ("configs/vma_strokes.yaml", "configs/vae_strokes.yaml", "configs/softattn_strokes.yaml",
+                   "configs/sequential_strokes.yaml", "configs/draw_strokes.yaml")
 BACKENDS = ("reference", "triton")
 KERNEL_MODULES = ("varmem.kernels.memory_addressing", "varmem.kernels.memory_read", "varmem.kernels.vimco", "varmem.kernels.gaussian_attention")
 COLUMNS = ("config", "model", "backend", "status", "threads", "steps", "median_ms", "q20_ms", "q80_ms", "steps_per_s",
@@ -60,7 +63,8 @@ COLUMNS = ("config", "model", "backend", "status", "threads", "steps", "median_m
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
-                   help="run configs to train (space or comma separated; default: VMA, VAE and soft attention on strokes26)")
+                   help="run configs to train (space or comma separated; default: VMA, VAE, soft attention, the sequential "
+                        "model and DRAW on strokes26)")
     p.add_argument("--backends", default=",".join(BACKENDS),
                    help="comma list from reference,triton (triton on CPU runs in the Triton interpreter)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model trains")

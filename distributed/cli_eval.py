@@ -3,8 +3,13 @@
     varmem eval RUN_DIR [--data DIR] [--split NAME] [--samples K] [--episodes N] [--bound-episodes N] [--seed S]
                 [--checkpoint FILE] [--json] [--quiet] [--out-dir DIR] [--lake-runs DIR] [--no-pictures]
                 [--classification-episodes N] [--likelihood-episodes N] [--likelihood-samples K]
-                [--tasks 5x1,20x1|none] [--tables all|examples|classes|none] [--save FILE]
-    varmem compare LABEL=EVAL.json ... [--out-dir DIR] [--markdown] [--force]   (runs side by side; the NLL plots)
+                [--tasks 5x1,20x1|none] [--alphabets between,within] [--methods q_a,classifier,likelihood,cosine,pixel]
+                [--tables all|none|examples,classes,conditioning] [--conditioning-classes 1,2,3,4]
+                [--conditioning-examples 0,1,2,3,4,5,10,19] [--save FILE]
+    varmem compare LABEL=EVAL.json ... [--out-dir DIR] [--markdown] [--force]
+        (runs side by side: the NLL tables, the talk's table, the classification benchmark with the pixel
+        baseline and the seeds' numbers; with --out-dir the plots, comparison.md, classification.csv and
+        nll_conditioning.csv)
 
 Nothing here imports torch until a command runs.
 """
@@ -18,12 +23,20 @@ from varmem.distributed.cli import add_plugin_argument
 
 
 # The defaults of `varmem eval` that set its cost, and what it costs with them (the epilog of --help).
-# DEFAULT_EXAMPLES, DEFAULT_TASKS and CLASS_TABLE_TARGETS are the protocol's (models/eval: nll_tables,
-# classification; they import torch, this module must not): tests/distributed/test_hardening_cli.py
-# checks that they agree and that the epilog's numbers are what models/eval/cost.py computes.
-SAMPLES, EPISODES, CLASSIFICATION_EPISODES, LIKELIHOOD_SAMPLES = 1000, 100, 1000, 10
+# DEFAULT_EXAMPLES, DEFAULT_TASKS, CLASS_TABLE_TARGETS, the conditioning table's rows and columns, the
+# alphabets and LIKELIHOOD_EPISODES are the protocol's (models/eval: nll_tables, classification,
+# conditioning, protocol; they import torch, this module must not): tests/distributed/test_hardening_cli.py
+# and tests/models/eval/test_benchmark.py check that they agree and that the epilog's numbers are what
+# models/eval/cost.py computes.
+SAMPLES, EPISODES, CLASSIFICATION_EPISODES, LIKELIHOOD_SAMPLES, LIKELIHOOD_EPISODES = 1000, 100, 1000, 10, 100
 DEFAULT_EXAMPLES, DEFAULT_TASKS, CLASS_TABLE_TARGETS = (1, 2, 3, 4, 5, 10, 19), ((5, 1), (5, 5), (20, 1), (20, 5)), 8
-EXAMPLE = {"config": "configs/vma_strokes.yaml", "targets": 32, "objective_samples": 4, "eval_classes": 220}
+DEFAULT_ALPHABETS = ("between", "within")
+CONDITIONING_CLASSES, CONDITIONING_EXAMPLES = (1, 2, 3, 4), (0, 1, 2, 3, 4, 5, 10, 19)
+TABLES = ("examples", "classes", "conditioning")
+METHOD_NAMES = ("q_a", "classifier", "likelihood", "cosine", "pixel")
+# the example run: VMA conditions on at least one entry, so the n = 0 row is skipped for it
+EXAMPLE = {"config": "configs/vma_strokes.yaml", "targets": 32, "objective_samples": 4, "eval_classes": 220,
+           "min_memory_size": 1}
 
 
 def class_rows(classes: int) -> list[int]:
@@ -33,22 +46,31 @@ def class_rows(classes: int) -> list[int]:
 
 def default_cost() -> list:
     """The parts of an evaluation with the defaults (models/eval/cost.py's PartCost) for EXAMPLE's run:
-    the headline, the two NLL tables, classification by likelihood (q(a|x) decodes nothing)."""
-    from varmem.models.eval.cost import bound_cost, classification_cost, nll_classes_cost, nll_examples_cost
+    the headline, the three NLL tables (the talk's: a part per C_test), classification by likelihood
+    between and within alphabets (the other methods decode nothing)."""
+    from varmem.models.eval.cost import (bound_cost, classification_cost, nll_classes_cost, nll_conditioning_cost,
+                                         nll_examples_cost)
 
     T, k, C = EXAMPLE["targets"], EXAMPLE["objective_samples"], EXAMPLE["eval_classes"]
     rows = class_rows(C)
+    n_rows = [n for n in CONDITIONING_EXAMPLES if n >= EXAMPLE["min_memory_size"]]
     return [bound_cost(EPISODES, T, SAMPLES, k), nll_examples_cost(EPISODES, DEFAULT_EXAMPLES, SAMPLES, k),
             nll_classes_cost(EPISODES, rows, min(C, CLASS_TABLE_TARGETS), SAMPLES, k),
-            *(classification_cost(f"{w}x{s}", "likelihood", CLASSIFICATION_EPISODES, w, w, LIKELIHOOD_SAMPLES)
-              for w, s in DEFAULT_TASKS)]
+            *(nll_conditioning_cost(EPISODES, c, n_rows, SAMPLES, k) for c in CONDITIONING_CLASSES),
+            *(classification_cost(f"{w}x{s} {a}", "likelihood", LIKELIHOOD_EPISODES, w, w, LIKELIHOOD_SAMPLES)
+              for a in DEFAULT_ALPHABETS for w, s in DEFAULT_TASKS)]
 
 
 def eval_epilog() -> str:
     """What the defaults cost, as a table: a line per part (its formula with the flags that set it), the total."""
-    headline, examples, classes, *likelihood = default_cost()
+    parts = default_cost()
+    headline, examples, classes = parts[:3]
+    conditioning = parts[3:3 + len(CONDITIONING_CLASSES)]
+    likelihood = parts[3 + len(CONDITIONING_CLASSES):]
     by_likelihood = sum(p.decodes for p in likelihood)
-    total = headline.decodes + examples.decodes + classes.decodes + by_likelihood
+    by_conditioning = sum(p.decodes for p in conditioning)
+    total = sum(p.decodes for p in parts)
+    n_rows = [n for n in CONDITIONING_EXAMPLES if n >= EXAMPLE["min_memory_size"]]
     rows = [("headline NLL bound", f"--episodes {EPISODES} × {EXAMPLE['targets']} targets × (--samples {SAMPLES} + K)",
              headline.decodes),
             ("NLL vs examples", f"{EPISODES} episodes × {len(DEFAULT_EXAMPLES)} rows (n = "
@@ -56,10 +78,13 @@ def eval_epilog() -> str:
             ("NLL vs classes", f"{EPISODES} episodes × ({CLASS_TABLE_TARGETS} + "
                                f"{sum(min(c, CLASS_TABLE_TARGETS) for c in class_rows(EXAMPLE['eval_classes']))} targets: "
                                f"C = 1,2,4,...,{EXAMPLE['eval_classes']}) × {SAMPLES}", classes.decodes),
-            ("classification", f"--tasks {','.join(f'{w}x{s}' for w, s in DEFAULT_TASKS)}, "
-                               f"--classification-episodes {CLASSIFICATION_EPISODES} each:", None),
-            ("", "by q(a|x): encoder passes only", 0),
-            ("", f"by likelihood: {CLASSIFICATION_EPISODES} × ways² × --likelihood-samples {LIKELIHOOD_SAMPLES}",
+            ("the talk's table", f"{EPISODES} episodes × {len(n_rows)} rows (n = {','.join(map(str, n_rows))}) × "
+                                 f"C_test = {'+'.join(map(str, CONDITIONING_CLASSES))} targets × ({SAMPLES} + K)",
+             by_conditioning),
+            ("classification", f"--tasks {','.join(f'{w}x{s}' for w, s in DEFAULT_TASKS)} × --alphabets "
+                               f"{','.join(DEFAULT_ALPHABETS)}:", None),
+            ("", f"q(a|x), own classifier, cosine, pixels: {CLASSIFICATION_EPISODES} episodes each", 0),
+            ("", f"by likelihood: --likelihood-episodes {LIKELIHOOD_EPISODES} × ways² × K={LIKELIHOOD_SAMPLES}",
              by_likelihood),
             ("in all", "", total)]
     width = max(len(formula) for _, formula, _ in rows)
@@ -70,15 +95,19 @@ def eval_epilog() -> str:
         f"VMA of {EXAMPLE['config']} (8-way episodes, {EXAMPLE['targets']} targets, K = "
         f"{EXAMPLE['objective_samples']}) on {EXAMPLE['eval_classes']} held-out classes:",
         *lines,
-        f"That is {total / MAKE_MAIN_DECODES:.0f}× `make main`'s evaluation ({MAKE_MAIN_DECODES / 1e6:.1f} M decodes, "
-        "1.5 min on the 2-core CPU): over an hour there.",
+        f"That is {total / MAKE_MAIN_DECODES:.0f}× `make main`'s evaluation ({MAKE_MAIN_DECODES / 1e6:.1f} M decodes): "
+        "over an hour on the 2-core CPU.",
         "The exact table for the run is printed before anything runs. A quick look, as `make main` evaluates:",
         "  --samples 100 --episodes 20 --classification-episodes 300 --likelihood-episodes 20 --tasks 5x1,20x1",
+        "The talk's table has an n = 0 row only for models whose min_memory_size is 0 (GMN with pseudo-inputs, the",
+        "Neural Statistician, the VAE). A classifier-only family (no likelihood: Matching Networks) skips the NLL",
+        "tables and classification by likelihood, saying so.",
     ])
 
 
 # `make main`: --samples 100 --episodes 20 --classification-episodes 300 --likelihood-episodes 20 --tasks 5x1,20x1
-MAKE_MAIN_DECODES = 296_520
+# (with the default --tables all and --alphabets between,within)
+MAKE_MAIN_DECODES = 527_120
 
 
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
@@ -121,26 +150,49 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--classification-episodes", type=int, default=CLASSIFICATION_EPISODES, metavar="N",
                    help=f"episodes per N-way K-shot classification task (default {CLASSIFICATION_EPISODES})")
     e.add_argument("--likelihood-episodes", type=int, default=None, metavar="N",
-                   help="episodes per task for classification by likelihood (default: --classification-episodes; "
-                        "each costs ways × K decodes per query)")
+                   help=f"episodes per task for classification by likelihood (default: {LIKELIHOOD_EPISODES}, or "
+                        "--classification-episodes if fewer; each costs ways × K decodes per query)")
     e.add_argument("--likelihood-samples", type=int, default=LIKELIHOOD_SAMPLES, metavar="K",
                    help=f"importance samples of each p(x|M_c) in classification by likelihood (default {LIKELIHOOD_SAMPLES})")
     e.add_argument("--tasks", type=_tasks, default=None, metavar="WxS,...",
-                   help="N-way K-shot classification tasks, e.g. 5x1,20x1, or none (default: "
+                   help="N-way K-shot classification tasks (one query per class), each run for every --alphabets "
+                        "mode, e.g. 5x1,20x1, or none (default: "
                         f"{','.join(f'{w}x{s}' for w, s in DEFAULT_TASKS)})")
-    e.add_argument("--tables", choices=("all", "examples", "classes", "none"), default="all",
-                   help="which NLL tables: vs examples of one class, vs classes in memory (default: all)")
+    e.add_argument("--alphabets", type=_alphabets, default=None, metavar="MODES",
+                   help="how a task draws its classes: between (uniformly from the split, across alphabets), within "
+                        "(all from one alphabet, Lake-style, harder), or both: between,within (the default)")
+    e.add_argument("--methods", type=_names, default=None, metavar="M,...",
+                   help="classification methods: q_a (q(a|x), address families), classifier (the family's own, e.g. "
+                        "matching, kl), likelihood (p(x|M_c)), cosine (nearest neighbour on the model's embedding), "
+                        "pixel (nearest neighbour on pixels, no model: the floor). Default: every one the model has, "
+                        "and pixel; one it lacks is skipped with the reason")
+    e.add_argument("--tables", type=_tables, default="all", metavar="LIST",
+                   help="which NLL tables: examples (vs examples of one class), classes (vs classes in memory), "
+                        "conditioning (the talk's table: vs conditioning examples for C_test classes), as a comma list, "
+                        "all or none (default: all)")
+    e.add_argument("--conditioning-classes", type=_ints(1), default=CONDITIONING_CLASSES, metavar="C,...",
+                   help="the C_test columns of the talk's table: classes in the conditioning set (default: "
+                        f"{','.join(map(str, CONDITIONING_CLASSES))})")
+    e.add_argument("--conditioning-examples", type=_ints(0), default=CONDITIONING_EXAMPLES, metavar="N,...",
+                   help="its rows: conditioning examples n, dealt round-robin over the C_test classes; n = 0 only for "
+                        f"models whose min_memory_size is 0 (default: {','.join(map(str, CONDITIONING_EXAMPLES))})")
     e.add_argument("--save", type=Path, default=None, metavar="FILE",
                    help="also write the result as JSON to FILE (atomically: a failed run leaves no partial file)")
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", help="several runs' evaluations side by side, as tables and plots",
-                       description="Compare `varmem eval --save` results: NLL vs examples, NLL vs classes and "
-                                   "classification accuracy, one column per run; with --out-dir, the two NLL plots.")
+                       description="Compare `varmem eval --save` results: NLL vs examples and NLL vs classes, one column "
+                                   "per run; the talk's table (NLL vs conditioning examples per C_test) and the "
+                                   "classification benchmark (models × task and method, the pixel baseline first), a "
+                                   "row per run, with the seed papers' numbers beside ours where a row matches, "
+                                   "labelled as theirs. Files of an older `varmem eval` load; a table they lack is "
+                                   "named. With --out-dir, the plots, Markdown and CSV files.")
     c.add_argument("evals", nargs="+", metavar="LABEL=EVAL.json", type=_labelled_file,
                    help="a label and a JSON file written by `varmem eval --save` (or --json)")
     c.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
-                   help="write nll_vs_examples.png and nll_vs_classes.png here (default: no plots)")
+                   help="write the NLL plots (nll_vs_examples.png, nll_vs_classes.png, nll_conditioning.png), "
+                        "comparison.md (every table, Markdown), classification.csv and nll_conditioning.csv (one row "
+                        "per cell) here (default: print only)")
     c.add_argument("--markdown", action="store_true", help="print Markdown tables")
     c.add_argument("--force", action="store_true",
                    help="show results of different datasets, splits or K side by side (labelled as not comparable)")
@@ -159,6 +211,42 @@ def _tasks(text: str) -> tuple[tuple[int, int], ...]:
             raise argparse.ArgumentTypeError(f"{part!r} is not WAYSxSHOTS with ways ≥ 2 and shots ≥ 1 (e.g. 5x1,20x1)")
         out.append((int(ways), int(shots)))
     return tuple(out)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """``q_a,cosine`` → ("q_a", "cosine"): identifiers (a family's classifier names are open-ended)."""
+    out = tuple(part.strip() for part in text.split(",") if part.strip())
+    bad = [n for n in out if not n.isidentifier()]
+    if not out or bad:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of method names (e.g. {','.join(METHOD_NAMES)})")
+    return out
+
+
+def _alphabets(text: str) -> tuple[str, ...]:
+    out = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",")))
+    if not out or any(a not in DEFAULT_ALPHABETS for a in out):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of between, within")
+    return out
+
+
+def _tables(text: str) -> str | tuple[str, ...]:
+    """``all`` / ``none`` / a comma list of examples, classes, conditioning."""
+    if text.strip().lower() in ("all", "none"):
+        return text.strip().lower()
+    out = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",")))
+    if not out or any(t not in TABLES for t in out):
+        raise argparse.ArgumentTypeError(f"{text!r} is not all, none or a comma list of {', '.join(TABLES)}")
+    return out
+
+
+def _ints(low: int):
+    def parse(text: str) -> tuple[int, ...]:
+        parts = [p.strip() for p in text.split(",")]
+        if not parts or any(not p.isdigit() or int(p) < low for p in parts):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers ≥ {low}")
+        return tuple(dict.fromkeys(int(p) for p in parts))
+    parse.__name__ = f"integers ≥ {low}"
+    return parse
 
 
 def _labelled_file(text: str) -> tuple[str, Path]:
@@ -192,9 +280,7 @@ def read_saved_evaluation(path: Path) -> dict:
 
 def _compare(args: argparse.Namespace) -> int:
     from varmem.episodes.errors import DataError
-    from varmem.models.eval.plots import nll_comparison_plot
     from varmem.models.eval.report import check_saved_evaluation, comparison_problems, format_comparison, run_info
-    from varmem.plotting import save_figure
 
     labels = [label for label, _ in args.evals]
     twice = sorted({label for label in labels if labels.count(label) > 1})
@@ -213,10 +299,34 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"NOT COMPARABLE (--force): {'; '.join(problems)}")
     print(format_comparison(results, markdown=args.markdown, infos=infos))
     if args.out_dir is not None:
-        for table in ("examples", "classes"):
-            if any(res.get(f"nll_vs_{table}") for _, res in results):
-                print(save_figure(nll_comparison_plot(results, table), args.out_dir / f"nll_vs_{table}.png"))
+        for path in write_comparison(results, infos, args.out_dir, problems):
+            print(path)
     return 0
+
+
+def write_comparison(results, infos, folder: Path, problems: list[str]) -> list[Path]:
+    """The comparison's files in ``folder``, each written atomically: the NLL plots of the tables some run
+    has, comparison.md (every table in Markdown), classification.csv and nll_conditioning.csv."""
+    from varmem.episodes.files import atomic_write_text
+    from varmem.models.eval.plots import nll_comparison_plot
+    from varmem.models.eval.report import classification_csv, classification_table, conditioning_csv, format_comparison
+    from varmem.plotting import save_figure
+
+    written = []
+    for table, key in (("examples", "nll_vs_examples"), ("classes", "nll_vs_classes"), ("conditioning", "nll_conditioning")):
+        if any(res.get(key) for _, res in results):
+            name = "nll_conditioning.png" if table == "conditioning" else f"nll_vs_{table}.png"
+            written.append(save_figure(nll_comparison_plot(results, table), folder / name))
+    folder.mkdir(parents=True, exist_ok=True)
+    head = f"NOT COMPARABLE (--force): {'; '.join(problems)}\n\n" if problems else ""
+    written.append(atomic_write_text(folder / "comparison.md",
+                                     head + format_comparison(results, markdown=True, infos=infos) + "\n"))
+    table = classification_table(results)
+    if table is not None:
+        written.append(atomic_write_text(folder / "classification.csv", classification_csv(table[-1])))
+    if any(res.get("nll_conditioning") for _, res in results):
+        written.append(atomic_write_text(folder / "nll_conditioning.csv", conditioning_csv(results)))
+    return [Path(p) for p in written]
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -227,7 +337,12 @@ def _eval(args: argparse.Namespace) -> int:
                    verify_shards=False if args.no_verify_shards else None)
     options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,
                "classification_episodes": args.classification_episodes, "likelihood_episodes": args.likelihood_episodes,
-               "likelihood_samples": args.likelihood_samples, "tables": {"all": True, "none": False}.get(args.tables, (args.tables,))}
+               "likelihood_samples": args.likelihood_samples,
+               "tables": {"all": True, "none": False}.get(args.tables, args.tables) if isinstance(args.tables, str) else args.tables,
+               "methods": args.methods, "conditioning_classes": args.conditioning_classes,
+               "conditioning_examples": args.conditioning_examples}
+    if args.alphabets is not None:
+        options["alphabets"] = args.alphabets
     if args.tasks == ():
         options["classification"] = False
     elif args.tasks is not None:

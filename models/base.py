@@ -141,6 +141,19 @@ class FewShotModel(nn.Module):
       from its config, e.g. VMA with a learned memory has no labelled entries to classify by);
       ``uses_memory``: False when the memory argument is ignored (the VAE);
       ``min_num_samples``: the smallest K its objective accepts (VMA: 2, for VIMCO);
+      ``min_memory_size``: the fewest memory entries it conditions on (1 for a model that reads
+      the episode's memory; 0 for one that also generates from an empty set, e.g. GMN with
+      pseudo-inputs, the Neural Statistician, the sequential model, or the VAE). A batch with
+      fewer entries must raise a ValueError saying so (the NLL tables skip such rows);
+      ``classifier_method``, ``classifier_label``: the name and the printed label of the family's own
+      classifier (``class_scores``) in the evaluation's tables (``varmem eval``, ``varmem compare``).
+      "" (the default) means: ``"q_a"`` / "q(a|x)" for a family that declares ADDRESS (the default
+      ``_class_scores`` is the address posterior's mass per class, VMA §4.3), else ``"classifier"`` /
+      "the family's class_scores". A family that declares CLASSIFICATION and overrides
+      ``_class_scores`` with a classifier of its own names it here, e.g. Matching Networks
+      ``"matching"`` / "softmax of cosine attention", the Neural Statistician ``"kl"`` /
+      "−KL(q(c|x) ‖ q(c|D_k))". The names ``likelihood``, ``cosine`` and ``pixel`` are the
+      benchmark's own methods and may not be used (:mod:`varmem.models.eval.capabilities`);
       ``family``: set by :func:`varmem.models.registry.register`.
     ``self.config`` is the family's typed config, ``self.image_shape`` (H, W).
     """
@@ -149,6 +162,13 @@ class FewShotModel(nn.Module):
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     uses_memory: ClassVar[bool] = True
     min_num_samples: ClassVar[int] = 1
+    classifier_method: ClassVar[str] = ""  # "" = "q_a" with ADDRESS, else "classifier" (see the class docstring)
+    classifier_label: ClassVar[str] = ""
+
+    @property
+    def min_memory_size(self) -> int:
+        """The fewest memory entries the model conditions on (overridden by families that take M = 0)."""
+        return 1 if self.uses_memory else 0
 
     # --- what every family implements -----------------------------------------------------------
     def objective(self, batch: Batch, num_samples: int, *, generator: torch.Generator | None = None) -> Objective:

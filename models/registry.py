@@ -170,6 +170,9 @@ def family_names() -> list[str]:
 def family(name: str) -> Family:
     """The registered family ``name``; a ConfigError listing the known ones otherwise."""
     _load_builtins()
+    if not isinstance(name, str):
+        raise ConfigError(f"model.name must be a family name (a string), got {name!r} ({type(name).__name__}); "
+                          f"registered: {', '.join(sorted(_FAMILIES))}")
     if name not in _FAMILIES:
         raise ConfigError(
             f"model.name={name!r} is not a registered model family (registered: {', '.join(sorted(_FAMILIES))}); "

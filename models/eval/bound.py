@@ -14,8 +14,14 @@ import torch
 
 from varmem.episodes.sampler import EpisodeBatch
 from varmem.models.base import Batch, Capability, FewShotModel
+from varmem.models.eval.capabilities import GENERIC_CLASSIFIER
 from varmem.models.eval.classification import correct_targets
 from varmem.models.eval.passes import decodes_per_pass, eval_mode, seeded
+
+
+# the fields of evaluate_bound's result that are not objective terms
+RESERVED_KEYS = ("samples", "objective_samples", "nll_bound", "nll_bound_stderr", "objective_nll_bound", "accuracy",
+                 "accuracy_stderr", "episodes")
 
 
 def few_shot_accuracy(model: FewShotModel, batch: EpisodeBatch, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -23,7 +29,8 @@ def few_shot_accuracy(model: FewShotModel, batch: EpisodeBatch, generator: torch
     q(a|x) mass, VMA §4.3, no fine-tuning), through the protocol's one classifier rule
     (:func:`varmem.models.eval.classification.correct_targets`: ties at random from ``generator``).
     Correct or not, float [G, T]."""
-    return torch.from_numpy(correct_targets(model, batch, "q_a", ties=generator)).to(torch.float32)
+    # "classifier": class_scores, whatever the family names it (q_a for address families, "matching", "kl", ...)
+    return torch.from_numpy(correct_targets(model, batch, GENERIC_CLASSIFIER, ties=generator)).to(torch.float32)
 
 
 @torch.no_grad()
@@ -46,7 +53,8 @@ def evaluate_bound(
     CPU generator seeded with ``seed``. ``progress(done)`` is called after each batch with the
     episodes done so far (e.g. ``varmem.models.eval.progress.Progress(emit).part(...)``'s callback,
     a bar on a terminal and milestone lines in a log; ``varmem.models.eval.cost.bound_cost`` says
-    what the call costs).
+    what the call costs). The objective's terms come under their names, except a term named like a
+    field of the result (a classifier's ``accuracy`` term: "objective_accuracy").
     """
     likelihood = model.supports(Capability.LIKELIHOOD)
     classifies = model.supports(Capability.CLASSIFICATION)
@@ -69,7 +77,7 @@ def evaluate_bound(
             if obj.bound is not None:
                 keep("bound", obj.bound)
             for name, value in obj.terms.items():
-                keep(name, value)
+                keep(f"term:{name}", value)
             if classifies:
                 keep("accuracy", few_shot_accuracy(model, b, generator))
             done += b.targets.shape[0]
@@ -85,8 +93,9 @@ def evaluate_bound(
     if "bound" in per_episode:
         out["objective_nll_bound"] = float(-torch.cat(per_episode.pop("bound")).mean())
     acc = torch.cat(per_episode.pop("accuracy")) if "accuracy" in per_episode else None
-    for name, values in per_episode.items():
-        out[name] = float(torch.cat(values).mean())
+    for key, values in per_episode.items():  # the objective's terms, by name; one that a headline field takes
+        name = key[len("term:"):]  # (a classifier's "accuracy" term beside the classifier's accuracy) gets "objective_"
+        out["objective_" + name if name in RESERVED_KEYS else name] = float(torch.cat(values).mean())
         n = max(n, sum(v.numel() for v in values))
     if acc is not None:
         n = acc.numel()

@@ -3,8 +3,9 @@
 A *decode* is one (target, importance sample) evaluation of the decoder: the unit that dominates
 every likelihood estimate (the encoders run once per image and pass). A part's decodes are
 episodes × targets × K (× classes, for classification by likelihood); a table row adds the
-objective's few samples (its KL terms). Classification by q(a|x) decodes nothing: one encoder
-pass per episode.
+objective's few samples (its KL terms). Classification by q(a|x), by a family's own classifier,
+by cosine nearest neighbour on embeddings and by pixels decodes nothing (one encoder pass per
+episode, or none); their lines say how many images go through the encoders instead.
 """
 from __future__ import annotations
 
@@ -36,12 +37,26 @@ def nll_classes_cost(episodes: int, rows: Sequence[int], targets: int, samples: 
                     episodes * per_episode)
 
 
-def classification_cost(task: str, method: str, episodes: int, classes: int, targets: int, samples: int) -> PartCost:
-    """q(a|x): no decodes; likelihood: every target scored against every class's support with K samples."""
-    if method == "q_a":
-        return PartCost(f"{task} by q(a|x)", f"{episodes} episodes × {targets} targets, encoder passes only", 0)
-    return PartCost(f"{task} by likelihood", f"{episodes} episodes × {classes} classes × {targets} targets × K={samples}",
-                    episodes * classes * targets * samples)
+def nll_conditioning_cost(episodes: int, classes: int, rows: Sequence[int], samples: int,
+                          objective_samples: int) -> PartCost:
+    """A column of the talk's table: each of its rows (n values) scores C = ``classes`` targets per
+    episode with K samples, plus the objective's."""
+    return PartCost(f"NLL vs conditioning examples, C_test={classes} (n={','.join(map(str, rows))})",
+                    f"{episodes} episodes × {len(rows)} rows × {classes} target{'s' if classes > 1 else ''} × "
+                    f"(K={samples} + {objective_samples})",
+                    episodes * len(rows) * classes * (samples + objective_samples))
+
+
+def classification_cost(task: str, method: str, episodes: int, classes: int, targets: int, samples: int,
+                        label: str | None = None) -> PartCost:
+    """Likelihood: every target scored against every class's support with K samples; every other
+    method (q(a|x), a family's classifier, cosine on embeddings, pixels) decodes nothing."""
+    shown = label or {"q_a": "q(a|x)"}.get(method, method)
+    if method == "likelihood":
+        return PartCost(f"{task} by likelihood", f"{episodes} episodes × {classes} classes × {targets} targets × K={samples}",
+                        episodes * classes * targets * samples)
+    what = {"pixel": "no model: pixels only", "cosine": "embedding passes only"}.get(method, "encoder passes only")
+    return PartCost(f"{task} by {shown}", f"{episodes} episodes × {targets} targets, {what}", 0)
 
 
 def bound_cost(episodes: int, targets: int, samples: int | None, objective_samples: int) -> PartCost:

@@ -34,7 +34,8 @@ from varmem.models.eval.stats import mean_se
 
 # The paper's Table 1 columns: examples of one class in memory.
 DEFAULT_EXAMPLES = (1, 2, 3, 4, 5, 10, 19)
-TABLES = ("examples", "classes")  # NLL vs examples of one class, NLL vs classes in memory
+TABLES = ("examples", "classes", "conditioning")  # NLL vs examples of one class, vs classes in memory, and the
+# talk's table, NLL vs conditioning examples for C_test classes (varmem.models.eval.conditioning)
 # Targets per episode in the NLL-vs-classes table: targets come from min(C, this) of the C
 # memory classes (the rest are memory-only classes), so a row's cost does not grow with C.
 CLASS_TABLE_TARGETS = 8
@@ -58,9 +59,11 @@ def paired_passes(model, sampler: EpisodeSampler, episodes: int, views: Sequence
     """Per view, float64 [E, T_view] tensors ``ll`` (log p(x|M) bound) and — where the view asks for
     the objective's parts — ``term:<name>``, over episodes 0..episodes−1 of ``sampler``.
 
-    ``views``: (name, select, parts); ``select(batch)`` → (memory [G', M', 1, H, W], targets
-    [G', T', 1, H, W]) with G'·T' = G·T_view. Every view of a pass runs under the same seed.
-    ``progress``: a ``done(episodes)`` callback.
+    ``views``: (name, select, parts); ``select(batch)`` → a :class:`Batch` of memory [G', M', 1, H, W]
+    and targets [G', T', 1, H, W] with G'·T' = G·T_view, and their labels (or a (memory, targets)
+    pair). The likelihood never sees the labels (p(x | M) is of the memory as a set); the objective,
+    whose terms a view with ``parts`` reports, gets them as in training. Every view of a pass runs
+    under the same seed. ``progress``: a ``done(episodes)`` callback.
     """
     check_positive(samples=samples, episodes=episodes, chunk=chunk)
     spec, device = sampler.spec, device_of(model)
@@ -73,12 +76,14 @@ def paired_passes(model, sampler: EpisodeSampler, episodes: int, views: Sequence
             b = sampler.batch(range(start, min(start + per_pass, episodes))).to(device)
             G = b.memory.shape[0]
             for name, select, parts in views:
-                memory, targets = select(b)
+                view = select(b)
+                view = view if isinstance(view, Batch) else Batch(*view)
+                memory, targets = view.memory, view.targets
                 with seeded(derive_seed(seed, tag, start), device):  # the same noise in every view: paired rows
                     ll = log_likelihood(model, memory, targets, samples, chunk, exact_address)  # [G', T']
                     out[name]["ll"].append(ll.double().reshape(G, -1).cpu())
                     if parts:
-                        obj = model.objective(Batch(memory, targets), k_obj)
+                        obj = model.objective(view, k_obj)
                         for term, value in obj.terms.items():  # the family's objective terms, by name
                             out[name].setdefault(f"term:{term}", []).append(value.double().reshape(G, -1).cpu())
             if progress is not None:
@@ -86,7 +91,7 @@ def paired_passes(model, sampler: EpisodeSampler, episodes: int, views: Sequence
     return {name: {k: torch.cat(v) for k, v in acc.items() if v} for name, acc in out.items()}
 
 
-def _row(part: dict[str, torch.Tensor], samples: int) -> dict[str, Any]:
+def row_fields(part: dict[str, torch.Tensor], samples: int) -> dict[str, Any]:
     """A row's NLL fields from one view's per-episode tensors."""
     nll, se = mean_se(-part["ll"].mean(1))
     E, T = part["ll"].shape
@@ -108,7 +113,7 @@ def nll_over_episodes(model, sampler: EpisodeSampler, episodes: int, *, samples:
     """
     parts = paired_passes(model, sampler, episodes, [("all", lambda b: (b.memory, b.targets), True)], samples=samples,
                           chunk=chunk, seed=seed, exact_address=exact_address, progress=progress)
-    return _row(parts["all"], samples)
+    return row_fields(parts["all"], samples)
 
 
 def examples_that_fit(dataset: Dataset, split: str, examples: Sequence[int] = DEFAULT_EXAMPLES) -> tuple[list[int], list[str]]:
@@ -146,7 +151,8 @@ def nll_table_examples(model, dataset: Dataset | str, split: str, *, examples: S
     if not fit:
         return []
     spec = EpisodeSpec(split=split, ways=1, shots=max(fit), targets=1, binarize=binarize, threshold=threshold)
-    views = [(n, (lambda b, n=n: (b.memory[:, :n], b.targets)), True) for n in fit]
+    views = [(n, (lambda b, n=n: Batch(b.memory[:, :n], b.targets, b.memory_labels[:, :n], b.target_labels)), True)
+             for n in fit]
     with say.part(f"NLL vs examples, n={','.join(map(str, fit))}", episodes) as done:
         parts = paired_passes(model, EpisodeSampler(dataset, spec, seed), episodes, views, samples=samples, chunk=chunk,
                               seed=seed, exact_address=exact_address, progress=done)
@@ -155,7 +161,7 @@ def nll_table_examples(model, dataset: Dataset | str, split: str, *, examples: S
     for n in fit:
         nll_ep = -parts[n]["ll"].mean(1)  # [E]
         change, change_se = mean_se(nll_ep - first)
-        rows.append({"examples": n, "memory_size": n, **_row(parts[n], samples),
+        rows.append({"examples": n, "memory_size": n, **row_fields(parts[n], samples),
                      "change": change, "change_stderr": change_se, "nll_per_episode": nll_ep.tolist()})
         say.say(f"NLL vs examples: {row_line('examples', rows[-1], fit[0])}")
     return rows
@@ -229,7 +235,8 @@ def nll_table_classes(model, dataset: Dataset | str, split: str, *, classes: Seq
         return memory, b.targets.reshape(G * T, 1, *b.targets.shape[2:])  # [G·T, 1, 1, H, W]
 
     views = [("own", own, False)]
-    views += [(C, (lambda b, C=C: (b.memory[:, : C * s], b.targets[:, : min(C, T)])), True) for C in fit]
+    views += [(C, (lambda b, C=C: Batch(b.memory[:, : C * s], b.targets[:, : min(C, T)], b.memory_labels[:, : C * s],
+                                        b.target_labels[:, : min(C, T)])), True) for C in fit]
     with say.part(f"NLL vs classes, C={','.join(map(str, fit))}", episodes) as done:
         parts = paired_passes(model, EpisodeSampler(dataset, spec, seed), episodes, views, samples=samples, chunk=chunk,
                               seed=seed, exact_address=exact_address, progress=done)
@@ -239,7 +246,7 @@ def nll_table_classes(model, dataset: Dataset | str, split: str, *, classes: Seq
         nll_ep = -parts[C]["ll"].mean(1)  # [E]
         opt_ep = own_nll[:, : min(C, T)].mean(1) + math.log(C)  # [E]
         gap, gap_se = mean_se(nll_ep - opt_ep)
-        rows.append({"classes": C, "examples_per_class": s, "memory_size": C * s, **_row(parts[C], samples),
+        rows.append({"classes": C, "examples_per_class": s, "memory_size": C * s, **row_fields(parts[C], samples),
                      "optimum": float(opt_ep.mean()), "gap": gap, "gap_stderr": gap_se, "beats_optimum": gap < 0,
                      "nll_per_episode": nll_ep.tolist()})
         say.say(f"NLL vs classes: {row_line('classes', rows[-1])}")

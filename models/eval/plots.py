@@ -5,7 +5,8 @@
   scaling curve over memory sizes); flagged points are ringed and a footnote explains them.
 * :func:`nll_examples_plot`, :func:`nll_classes_plot`: one run's NLL tables; the classes plot
   draws the optimum dashed and flags rows below it (see ``nll_tables.OPTIMUM_NOTE``).
-* :func:`nll_comparison_plot`: several runs' tables in one plot.
+* :func:`nll_conditioning_plot`: the talk's table, NLL vs conditioning examples, a line per C_test.
+* :func:`nll_comparison_plot`: several runs' tables in one plot (the talk's table: a line per run and C_test).
 
 Each returns a matplotlib Figure; ``varmem.plotting.save_figure(fig, path)`` writes it.
 Importing this module does not import matplotlib.
@@ -96,12 +97,35 @@ def nll_classes_plot(rows: Sequence[dict[str, Any]]):
                      title=title, x_label="classes in memory", y_label="NLL (nats)", footnote=_flag_note([f"C={r['classes']}" for r in rows if r.get("beats_optimum")]))
 
 
+def _conditioning_series(rows: Sequence[dict[str, Any]], xs: Sequence[int], prefix: str = "") -> list[Series]:
+    by = {(r["classes"], r["examples"]): r for r in rows}
+    return [Series(f"{prefix}C_test = {C}", [by[(C, n)]["nll"] if (C, n) in by else None for n in xs],
+                   [by[(C, n)]["stderr"] if (C, n) in by else None for n in xs])
+            for C in sorted({c for c, _ in by})]
+
+
+CONDITIONING_TITLE = "NLL vs conditioning examples, C_test classes in the set (± s.e.)"
+
+
+def nll_conditioning_plot(rows: Sequence[dict[str, Any]]):
+    """The talk's table as a line plot: NLL (± s.e.) against the number of conditioning examples n, a
+    line per C_test (n as evenly spaced categories: 0, 1, 2, 3, 4, 5, 10, 19)."""
+    xs = sorted({r["examples"] for r in rows})
+    return line_plot(xs, _conditioning_series(rows, xs), title=CONDITIONING_TITLE, x_label="conditioning examples n",
+                     y_label="NLL (nats)")
+
+
 def nll_comparison_plot(results: Sequence[tuple[str, dict[str, Any]]], table: str = "examples"):
     """Several runs' NLL tables in one plot: ``results`` = (label, protocol result) pairs, ``table``
     "examples" or "classes"; x is the union of the rows' n (or C), a run without a row at some x
-    has a gap there. Rows below their optimum are ringed."""
+    has a gap there. Rows below their optimum are ringed. ``table`` "conditioning": the talk's table, a
+    line per run and C_test."""
+    if table == "conditioning":
+        xs = sorted({r["examples"] for _, res in results for r in res.get("nll_conditioning") or []})
+        series = [s for label, res in results for s in _conditioning_series(res.get("nll_conditioning") or [], xs, f"{label}, ")]
+        return line_plot(xs, series, title=CONDITIONING_TITLE, x_label="conditioning examples n", y_label="NLL (nats)")
     if table not in ("examples", "classes"):
-        raise ValueError(f"table must be 'examples' or 'classes', got {table!r}")
+        raise ValueError(f"table must be 'examples', 'classes' or 'conditioning', got {table!r}")
     key = "examples" if table == "examples" else "classes"
     tables = [(label, {r[key]: r for r in (res.get(f"nll_vs_{table}") or [])}) for label, res in results]
     xs = sorted({x for _, rows in tables for x in rows})

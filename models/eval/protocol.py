@@ -1,13 +1,17 @@
-"""The evaluation protocol of a trained few-shot model (Bornschein et al. 2017, §4): what runs, in
-what order, at what cost.
+"""The evaluation protocol of a trained few-shot model (Bornschein et al. 2017, §4; Bartunov's talk; the
+few-shot classification benchmark): what runs, in what order, at what cost.
 
 ``evaluate(model, dataset, split, ...)`` measures, on fixed seeded episodes of ``split``, exactly
 the parts that the model's declared capabilities allow (:mod:`varmem.models.eval.capabilities`)
 and the split can supply, and records every part it skipped with the reason (``"skipped"``):
 
-* the NLL tables (:mod:`.nll_tables`: NLL vs examples of one class, NLL vs classes beside the optimum),
-* few-shot classification (:mod:`.classification`: N-way K-shot by q(a|x) and by likelihood),
-* Lake's one-shot runs (:mod:`.lake`),
+* the NLL tables (:mod:`.nll_tables`: NLL vs examples of one class, NLL vs classes beside the
+  optimum; :mod:`.conditioning`: the talk's table, NLL vs conditioning examples n = 0..19 for
+  C_test = 1..4 classes in the set),
+* the classification benchmark (:mod:`.classification`: 5/20-way 1/5-shot between alphabets and
+  within one, by q(a|x) or the family's own classifier, likelihood, cosine nearest neighbour on
+  the model's embedding, and the pixel nearest-neighbour baseline that needs no model),
+* Lake's one-shot runs (:mod:`.lake`), by the same methods,
 * pictures (:mod:`.pictures`: one-shot sample grids of Bernoulli means and of binary samples,
   q(a|x)'s top entries; :mod:`.plots`: the NLL tables as plots).
 
@@ -15,6 +19,19 @@ Before it starts it prints what it will cost (:mod:`.cost`: decodes per part and
 it runs, a bar per part on a terminal and a line per finished part (:mod:`.progress`).
 ``plan(...)`` and ``run_plan(...)`` are the two halves, for a caller that runs more (the headline
 bound of ``varmem eval``) and prints one cost table for everything.
+
+The result (JSON-serializable; ``"version": 2``; results without a version are version 1, which had
+no "nll_conditioning", no within-alphabet tasks and only the q_a and likelihood methods)::
+
+    version, model, classifier {method, label}, min_memory_size, dataset, split, seed, samples, episodes,
+    classification_episodes, likelihood_samples, likelihood_episodes, tasks [keys], methods [names],
+    conditioning {classes, examples, rule}, skipped [lines], elapsed_s,
+    nll_vs_examples [rows], nll_vs_classes [rows], nll_conditioning [rows with "classes" and "examples"],
+    classification {task key: {method: {method, label, ways, shots, alphabet, accuracy, ci95, wilson95,
+                                        episodes, targets[, samples]}}},
+    lake_runs {dir, runs, ways, method: {...}}, pictures [paths]
+
+Task keys are ``5way1shot`` (between alphabets, as before) and ``5way1shot_within``.
 
 Depends on ``varmem.models`` and ``varmem.episodes`` only: the caller opens the model and the
 dataset (``varmem.distributed.run.evaluate_run`` does it for a run directory).
@@ -30,10 +47,15 @@ from typing import Any, Callable, Sequence
 from varmem.episodes.dataset import Dataset
 from varmem.episodes.errors import DataError
 from varmem.episodes.show import save_png
-from varmem.episodes.spec import EpisodeSpec
-from varmem.models.eval.capabilities import METHODS, why_not
-from varmem.models.eval.classification import DEFAULT_TASKS, classification_accuracy, task_name
-from varmem.models.eval.cost import PartCost, classification_cost, format_cost, nll_classes_cost, nll_examples_cost
+from varmem.models.base import Capability
+from varmem.models.eval.capabilities import (GENERIC_CLASSIFIER, LIKELIHOOD, PIXEL, classifier_of, method_label,
+                                             methods_for, min_memory_size, why_not)
+from varmem.models.eval.classification import (DEFAULT_ALPHABETS, DEFAULT_TASKS, Task, alphabet_of,
+                                               classification_accuracy, tasks_of)
+from varmem.models.eval.conditioning import (DEFAULT_CONDITIONING_CLASSES, DEFAULT_CONDITIONING_EXAMPLES, RULE,
+                                             nll_table_conditioning, rows_that_fit)
+from varmem.models.eval.cost import (PartCost, classification_cost, format_cost, nll_classes_cost, nll_conditioning_cost,
+                                     nll_examples_cost)
 from varmem.models.eval.lake import lake_runs as load_lake_runs, lake_runs_accuracy
 from varmem.models.eval.nll_tables import (CLASS_TABLE_TARGETS, DEFAULT_EXAMPLES, TABLES, classes_that_fit,
                                            examples_that_fit, nll_table_classes, nll_table_examples, objective_samples)
@@ -41,12 +63,17 @@ from varmem.models.eval.passes import check_positive, open_dataset, spec_problem
 from varmem.models.eval.pictures import SAMPLE_KINDS, address_picture, sample_grid, sample_grid_file
 from varmem.models.eval.progress import Progress, timed
 
+RESULT_VERSION = 2
+# Episodes per task for classification by likelihood unless given: it costs ways² × K decodes per
+# episode (20-way 5-shot, K = 10: 4,000), where the other methods cost encoder passes or nothing.
+LIKELIHOOD_EPISODES = 100
+
 
 @dataclass
 class Part:
     """One part of a plan: where its result goes, what it costs, how to run it, its result in a line."""
 
-    key: tuple[str, ...]  # ("nll_vs_examples",), ("classification", "5way1shot", "q_a"), ...
+    key: tuple[str, ...]  # ("nll_vs_examples",), ("classification", "5way1shot", "q_a"), ...; (): stores its own
     cost: PartCost
     run: Callable[[Progress], Any]
     summary: Callable[[Any], str] = lambda value: ""
@@ -76,12 +103,44 @@ def dataset_info(dataset: Dataset, split: str) -> dict[str, Any]:
 
 def _rows_summary(rows: list[dict[str, Any]]) -> str:
     """``96.10 → 91.20 nats`` (first and last row) and how many rows are below their optimum."""
+    if not rows:
+        return "no rows"
     below = sum(bool(r.get("beats_optimum")) for r in rows)
     return f"{rows[0]['nll']:.2f} → {rows[-1]['nll']:.2f} nats" + (f", {below} below the optimum (see the note)" if below else "")
 
 
 def _accuracy(r: dict[str, Any]) -> str:
-    return f"{100 * r['accuracy']:.2f} ± {100 * (r['ci95'] or 0):.2f} %"
+    return f"{100 * r['accuracy']:.2f} ± {100 * (r['ci95'] or 0):.2f} % ({r['episodes']} episodes)"
+
+
+def choose_methods(model, methods: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(the classification methods to run, in table order, the pixel baseline last; a line per requested
+    method the model cannot run, saying why). ``methods`` None: every method the model has, and
+    pixel. "classifier" stands for the family's own classifier, whatever it is named."""
+    available = methods_for(model)
+    own = classifier_of(model)[0] if model.supports(Capability.CLASSIFICATION) else None
+    if methods is None:
+        wanted = [*available, PIXEL]
+    else:
+        wanted = list(dict.fromkeys(own if m == GENERIC_CLASSIFIER and own else m for m in methods))
+    run, skipped = [], []
+    for m in wanted:
+        if m == PIXEL:
+            continue
+        if m in available:
+            if available[m] is None:
+                run.append(m)
+            else:
+                skipped.append(f"classification by {m}: {available[m]}")
+        else:
+            family = model.family or type(model).__name__
+            skipped.append(f"classification by {m}: the {family!r} family has no classifier named {m!r}"
+                           + (f" (its own is {own!r})" if own else " (it declares no classification)"))
+    order = list(available)
+    run.sort(key=order.index)
+    if PIXEL in wanted:
+        run.append(PIXEL)
+    return run, skipped
 
 
 def plan(model, dataset: Dataset | str, split: str, *, binarize: str = "none", threshold: float = 0.5, seed: int = 0,
@@ -89,22 +148,41 @@ def plan(model, dataset: Dataset | str, split: str, *, binarize: str = "none", t
          classification: bool = True, lake_runs: str | Path | None = None, pictures: bool = True,
          out_dir: str | Path | None = None, classification_episodes: int = 1000, likelihood_samples: int = 10,
          likelihood_episodes: int | None = None, examples: Sequence[int] = DEFAULT_EXAMPLES, examples_per_class: int = 5,
-         max_classes: int | None = None, tasks: Sequence[tuple[int, int]] = DEFAULT_TASKS, alphabet: str = "any",
-         exact_address: bool = False, sample_kinds: Sequence[str] = SAMPLE_KINDS) -> Plan:
+         max_classes: int | None = None, tasks: Sequence[Sequence[Any]] = DEFAULT_TASKS,
+         alphabets: Sequence[str] = DEFAULT_ALPHABETS, alphabet: str | None = None, methods: Sequence[str] | None = None,
+         conditioning_classes: Sequence[int] = DEFAULT_CONDITIONING_CLASSES,
+         conditioning_examples: Sequence[int] = DEFAULT_CONDITIONING_EXAMPLES, exact_address: bool = False,
+         sample_kinds: Sequence[str] = SAMPLE_KINDS) -> Plan:
     """The parts of the protocol that ``model`` can run on ``split`` of ``dataset``, with their costs;
     nothing runs yet. Arguments as in :func:`evaluate`."""
-    likelihood_episodes = classification_episodes if likelihood_episodes is None else likelihood_episodes
+    likelihood_episodes = min(LIKELIHOOD_EPISODES, classification_episodes) if likelihood_episodes is None else likelihood_episodes
     check_positive(samples=samples, episodes=episodes, classification_episodes=classification_episodes,
                    likelihood_samples=likelihood_samples, likelihood_episodes=likelihood_episodes, chunk=chunk)
     dataset = open_dataset(dataset)
     tables = set(TABLES if tables is True else () if tables is False else tables)
     if tables - set(TABLES):
         raise DataError(f"evaluation: tables must be among {', '.join(TABLES)}, got {', '.join(sorted(tables))}")
+    try:
+        task_list = tasks_of(tasks, (alphabet,) if alphabet is not None else alphabets)
+    except ValueError as exc:
+        raise DataError(f"evaluation: {exc}") from None
+    for name, values in (("conditioning_classes", conditioning_classes), ("conditioning_examples", conditioning_examples)):
+        low = 1 if name == "conditioning_classes" else 0
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+            raise DataError(f"evaluation: {name} must be ints ≥ {low}, got {list(values)!r}")
     data = dict(binarize=binarize, threshold=threshold)
+    run_methods, method_skips = choose_methods(model, methods)
     result: dict[str, Any] = {
-        "model": model.family, "dataset": dataset_info(dataset, split), "split": split, "seed": seed, "samples": samples,
+        "version": RESULT_VERSION, "model": model.family,
+        "classifier": ({"method": classifier_of(model)[0], "label": classifier_of(model)[1]}
+                       if model.supports(Capability.CLASSIFICATION) else None),
+        "min_memory_size": min_memory_size(model),
+        "dataset": dataset_info(dataset, split), "split": split, "seed": seed, "samples": samples,
         "episodes": episodes, "examples_per_class": examples_per_class, "classification_episodes": classification_episodes,
         "likelihood_samples": likelihood_samples, "likelihood_episodes": likelihood_episodes, "paired_tables": True,
+        "tasks": [t.key for t in task_list] if classification else [], "methods": run_methods,
+        "conditioning": {"classes": sorted(set(conditioning_classes)), "examples": sorted(set(conditioning_examples)),
+                         "rule": RULE},
         "skipped": [],
     }
     skipped: list[str] = result["skipped"]
@@ -118,18 +196,19 @@ def plan(model, dataset: Dataset | str, split: str, *, binarize: str = "none", t
         tables = set()
     common = dict(samples=samples, episodes=episodes, seed=seed, chunk=chunk, exact_address=exact_address, **data)
     _plan_tables(p, model, dataset, split, tables, examples, examples_per_class, max_classes, common)
-    methods = [m for m in METHODS if reasons[m] is None]
+    if "conditioning" in tables:
+        _plan_conditioning(p, model, dataset, split, conditioning_classes, conditioning_examples, common)
     if classification or lake_runs is not None:
-        skipped.extend(f"classification by {m}: {reasons[m]}" for m in METHODS if reasons[m] is not None)
+        skipped.extend(method_skips)
     likelihood = dict(samples=likelihood_samples, chunk=chunk, seed=seed, exact_address=exact_address)
     if classification:
         result["classification"] = {}
-        _plan_classification(p, model, dataset, split, methods, tasks, alphabet, data, classification_episodes,
+        _plan_classification(p, model, dataset, split, run_methods, task_list, data, classification_episodes,
                              likelihood_episodes, likelihood)
-    if lake_runs is not None and not methods:
-        skipped.append("Lake's runs: the model has no classification method (see above)")
+    if lake_runs is not None and not run_methods:
+        skipped.append("Lake's runs: no classification method to run (see above)")
     elif lake_runs is not None:
-        _plan_lake(p, model, lake_runs, methods, binarize, threshold, likelihood)
+        _plan_lake(p, model, lake_runs, run_methods, binarize, threshold, likelihood)
     result["pictures"] = []
     if pictures and out_dir is not None:
         kinds = list(sample_kinds) if reasons["samples"] is None else []
@@ -168,30 +247,52 @@ def _plan_tables(p: Plan, model, dataset: Dataset, split: str, tables: set[str],
                                 _rows_summary))
 
 
-def _plan_classification(p: Plan, model, dataset: Dataset, split: str, methods: list[str], tasks, alphabet: str,
-                         data: dict[str, Any], q_episodes: int, likelihood_episodes: int, options: dict[str, Any]) -> None:
+def _plan_conditioning(p: Plan, model, dataset: Dataset, split: str, classes: Sequence[int], examples: Sequence[int],
+                       common: dict[str, Any]) -> None:
+    """The talk's table: a part per C_test column, for the rows the model and the split allow (the
+    others skipped, saying why); the columns' rows gather in one list, "nll_conditioning"."""
+    fit, why = rows_that_fit(model, dataset, split, classes, examples)
+    p.result["skipped"].extend(why)
+    rows: list[dict[str, Any]] = p.result.setdefault("nll_conditioning", [])
+    k_obj = objective_samples(model)
+    for C, ns in fit.items():
+        def run(say, C=C, ns=ns):
+            column = nll_table_conditioning(model, dataset, split, classes=(C,), examples=ns, progress=say, **common)
+            rows.extend(column)
+            return column
+
+        p.parts.append(Part((), nll_conditioning_cost(common["episodes"], C, ns, common["samples"], k_obj), run,
+                            _rows_summary))
+
+
+def _plan_classification(p: Plan, model, dataset: Dataset, split: str, methods: list[str], tasks: list[Task],
+                         data: dict[str, Any], episodes: int, likelihood_episodes: int, options: dict[str, Any]) -> None:
     """A part per (task, method); a task the split cannot supply is skipped, saying why."""
-    for ways, shots in tasks if methods else ():
-        spec = EpisodeSpec.classification(split, ways=ways, shots=shots, queries=1, alphabet=alphabet, **data)
+    for task in tasks if methods else ():
+        spec = task.spec(split, **data)
         problem = spec_problem(spec, dataset)
+        if problem is None and alphabet_of(task.alphabet) == "within" and not dataset.split(split).alphabets:
+            problem = f"split {split!r} records no alphabets"
         if problem is not None:
-            p.result["skipped"].append(f"classification {ways}-way {shots}-shot skipped: {problem}")
+            p.result["skipped"].append(f"classification {task.name} skipped: {problem}")
             continue
         for m in methods:
-            n = likelihood_episodes if m == "likelihood" else q_episodes
-            name = f"{ways}-way {shots}-shot"
-            cost = classification_cost(name, m, n, spec.memory_classes, spec.num_targets, options["samples"])
+            n = likelihood_episodes if m == LIKELIHOOD else episodes
+            label = method_label(m, model)
+            cost = classification_cost(task.name, m, n, spec.memory_classes, spec.num_targets, options["samples"], label)
 
-            def run(say, spec=spec, m=m, n=n, name=name):
-                with say.part(f"{name} by {m}", n) as done:
-                    return classification_accuracy(model, dataset, spec, n, m, progress=done, **options)
+            def run(say, spec=spec, m=m, n=n, task=task, label=label):
+                with say.part(f"{task.name} by {label}", n) as done:
+                    return classification_accuracy(None if m == PIXEL else model, dataset, spec, n, m, progress=done,
+                                                   **options)
 
-            p.parts.append(Part(("classification", task_name(ways, shots), m), cost, run, _accuracy))
+            p.parts.append(Part(("classification", task.key, m), cost, run, _accuracy))
 
 
 def _plan_lake(p: Plan, model, directory, methods: list[str], binarize: str, threshold: float,
                options: dict[str, Any]) -> None:
-    """Lake's runs by every method the model has; their image size is checked now, before anything runs."""
+    """Lake's runs by every method the model has (and pixels); their image size is checked now, before
+    anything runs."""
     data = dict(binarize="static" if binarize == "dynamic" else binarize, threshold=threshold)  # fixed images
     runs = list(load_lake_runs(model, directory, **data))
     C, T = int(runs[0].memory_labels.max()) + 1, int(runs[0].targets.shape[0])
@@ -201,15 +302,17 @@ def _plan_lake(p: Plan, model, directory, methods: list[str], binarize: str, thr
         with say.part("Lake's runs", len(runs) * len(methods), unit="runs") as done:
             return lake_runs_accuracy(model, directory, methods=methods, progress=done, **options, **data)
 
-    p.parts.append(Part(("lake_runs",), PartCost(f"Lake's runs ({', '.join(methods)})",
-                                                 f"{len(runs)} runs × {C} classes × {T} targets", cost),
+    labels = ", ".join(method_label(m, model) for m in methods)
+    p.parts.append(Part(("lake_runs",), PartCost(f"Lake's runs ({labels})", f"{len(runs)} runs × {C} classes × {T} targets",
+                                                 cost),
                         run, lambda r: "; ".join(f"{m} {_accuracy(r[m])}" for m in methods)))
 
 
 def _draw_pictures(model, dataset, split, result, folder: Path, seed: int, data: dict, sample_kinds: Sequence[str],
                    address: bool) -> list[str]:
-    """The sample grids of ``sample_kinds``, the address picture, and plots of the NLL tables in ``result``."""
-    from varmem.models.eval.plots import nll_classes_plot, nll_examples_plot
+    """The sample grids of ``sample_kinds``, the address picture, the attention picture (families with an
+    ``attention_trace``), and plots of the NLL tables in ``result``."""
+    from varmem.models.eval.plots import nll_classes_plot, nll_conditioning_plot, nll_examples_plot
     from varmem.plotting import save_figure
 
     drawn: list[tuple[str, Callable]] = [
@@ -218,9 +321,15 @@ def _draw_pictures(model, dataset, split, result, folder: Path, seed: int, data:
     if address:
         drawn.append(("address_top5.png", lambda: address_picture(model, dataset, split, seed=seed, **data)))
     paths = [str(save_png(draw(), folder / name)) for name, draw in drawn]
+    if callable(getattr(model, "attention_trace", None)):  # DRAW-style families: read/write windows per step
+        from varmem.models.eval.attention import save_attention_picture
+
+        paths.append(str(save_attention_picture(model, dataset, split, folder / "attention.png", seed=seed, **data)))
     for table, plot in (("examples", nll_examples_plot), ("classes", nll_classes_plot)):
         if result.get(f"nll_vs_{table}"):
             paths.append(str(save_figure(plot(result[f"nll_vs_{table}"]), folder / f"nll_vs_{table}.png")))
+    if result.get("nll_conditioning"):
+        paths.append(str(save_figure(nll_conditioning_plot(result["nll_conditioning"]), folder / "nll_conditioning.png")))
     return paths
 
 
@@ -231,10 +340,11 @@ def run_plan(p: Plan, say: Progress) -> dict[str, Any]:
     for part in p.parts:
         elapsed = timed()
         value = part.run(say)
-        node = p.result
-        for k in part.key[:-1]:
-            node = node.setdefault(k, {})
-        node[part.key[-1]] = value
+        if part.key:  # () : the part stored its result itself (a column of the conditioning table)
+            node = p.result
+            for k in part.key[:-1]:
+                node = node.setdefault(k, {})
+            node[part.key[-1]] = value
         left -= part.cost.decodes
         say.finished(part.cost.name, elapsed(), part.cost.decodes, left, part.summary(value))
     p.result["elapsed_s"] = time.perf_counter() - t_start
@@ -257,19 +367,26 @@ def evaluate(model, dataset: Dataset | str, split: str, *, progress: Callable[[s
 
     ``binarize``/``threshold``: the episodes' preprocessing (the run's ``data`` section);
     ``seed``: the episodes' and samples' seed; ``chunk``: samples per ``log_likelihood`` pass;
-    ``samples``: K of the NLL tables' bound; ``episodes``: episodes per table; ``tables``: True
-    (both), False, or some of ("examples", "classes"); ``classification``: False skips the tasks;
+    ``samples``: K of the NLL tables' bound; ``episodes``: episodes per table (per column of the
+    conditioning table); ``tables``: True (all), False, or some of ("examples", "classes",
+    "conditioning"); ``examples``: the n of the NLL-vs-examples table; ``conditioning_classes`` /
+    ``conditioning_examples``: the C_test columns and n rows of the talk's table (n = 0 only for
+    models with ``min_memory_size`` 0). ``classification``: False skips the tasks;
     ``classification_episodes`` per N-way K-shot task (``tasks``: (ways, shots) pairs, one query
-    per class, classes drawn from ``alphabet`` "any" or "within" one alphabet);
-    ``likelihood_samples``: K of each p(x|M_c) of likelihood classification, over
-    ``likelihood_episodes`` per task (default ``classification_episodes``; it costs classes ×
-    targets × K decodes per episode where q(a|x) costs one encoder pass); ``lake_runs``: a
-    lake-runs dataset directory (optional); ``pictures`` are drawn into ``out_dir`` when one is
-    given (``sample_kinds``: "mean" and/or "binary" grids). The model is evaluated on the device
-    its parameters are on. ``progress``: where lines go (None or ``quiet``: nowhere).
+    per class, each between alphabets and/or within one as ``alphabets`` says — "between" and
+    "within"; a (ways, shots, alphabet) triple keeps its own; ``alphabet``: the old single-mode
+    argument, "any" or "within"); ``methods``: the classification methods (default every one the
+    model has, and the pixel baseline; "classifier" = the family's own); ``likelihood_samples``: K
+    of each p(x|M_c) of likelihood classification, over ``likelihood_episodes`` per task (default
+    min(100, ``classification_episodes``): it costs classes × targets × K decodes per episode where
+    the other methods cost one encoder pass or none); ``lake_runs``: a lake-runs dataset directory
+    (optional); ``pictures`` are drawn into ``out_dir`` when one is given (``sample_kinds``: "mean"
+    and/or "binary" grids). The model is evaluated on the device its parameters are on.
+    ``progress``: where lines go (None or ``quiet``: nowhere).
 
-    Returns a JSON-serializable dict; what could not be measured (parts the model's capabilities
-    do not allow, rows the split cannot supply) is listed under "skipped".
+    Returns a JSON-serializable dict (its layout in the module docstring); what could not be measured
+    (parts the model's capabilities do not allow, rows the split cannot supply) is listed under
+    "skipped".
     """
     say = Progress(progress, quiet=quiet)
     p = plan(model, dataset, split, **options)
@@ -277,5 +394,6 @@ def evaluate(model, dataset: Dataset | str, split: str, *, progress: Callable[[s
     return run_plan(p, say)
 
 
-__all__ = ["DEFAULT_EXAMPLES", "DEFAULT_TASKS", "METHODS", "Part", "Plan", "announce", "dataset_info", "evaluate",
-           "plan", "run_plan"]
+__all__ = ["DEFAULT_ALPHABETS", "DEFAULT_CONDITIONING_CLASSES", "DEFAULT_CONDITIONING_EXAMPLES", "DEFAULT_EXAMPLES",
+           "DEFAULT_TASKS", "LIKELIHOOD_EPISODES", "Part", "Plan", "RESULT_VERSION", "announce", "choose_methods",
+           "dataset_info", "evaluate", "plan", "run_plan"]

@@ -16,6 +16,13 @@ in its table, and a row that keeps its per-episode values must agree with them (
 NLL, their standard error its s.e.). What cannot be detected: a headline bound edited to another
 plausible number (it has no per-episode values to check it against), or a whole row rewritten
 consistently.
+
+The classification benchmark across runs (:func:`classification_table`): one table, a row per
+(run, method) and the pixel baseline's row first, a column per task (between alphabets, then within
+one, then Lake's runs), as console or Markdown text and as tidy CSV rows (:func:`classification_csv`).
+The seed papers' numbers (:mod:`varmem.models.eval.seeds`) appear beside ours where a row matches,
+labelled as theirs. Saved evaluations of the older layout (no "version" field: version 1) load; a table
+they lack is named in a note.
 """
 from __future__ import annotations
 
@@ -23,8 +30,12 @@ import math
 from typing import Any, Sequence
 
 from varmem.episodes.errors import DataError
-from varmem.models.eval.capabilities import METHODS
+from varmem.models.eval import seeds as seed_papers
+from varmem.models.eval.capabilities import LABELS, LIKELIHOOD, PIXEL
+from varmem.models.eval.classification import Task, parse_task_key
+from varmem.models.eval.conditioning import columns as conditioning_columns
 from varmem.models.eval.nll_tables import OPTIMUM_NOTE
+from varmem.models.eval.protocol import RESULT_VERSION
 
 FLAG = "†"  # a row below its optimum
 # keys of a headline result that are not the family's objective terms
@@ -114,21 +125,18 @@ def format_tables(result: dict[str, Any]) -> str:
         note = optimum_footnote(rows)
         if note:
             out.append(f"  {note}")
+    rows = result.get("nll_conditioning")
+    if rows is not None:
+        out.extend(format_conditioning(result))
     cls = result.get("classification")
     if cls is not None:
-        n_q, n_l = result.get("classification_episodes"), result.get("likelihood_episodes")
-        episodes = f"{n_q} episodes" if n_l in (None, n_q) else f"{n_q} episodes by q(a|x), {n_l} by likelihood"
-        out.append(f"Few-shot classification ({episodes}, one query per class, accuracy ± 95% CI)")
-        out.append(f"  {'task':<14}  {'q(a|x)':>18}  {'likelihood (K=' + str(result.get('likelihood_samples')) + ')':>20}")
-        for name, entry in cls.items():
-            ways, shots = name.replace("shot", "").split("way")
-            out.append(f"  {ways + '-way ' + shots + '-shot':<14}  {_acc(entry.get('q_a')):>18}  {_acc(entry.get('likelihood')):>20}")
+        out.extend(format_classification(result))
     lake = result.get("lake_runs")
     if lake is not None:
         out.append(f"Lake's one-shot runs ({lake['runs']} runs, {'/'.join(map(str, lake['ways']))}-way 1-shot, {lake['dir']})")
-        for m, label in (("q_a", "q(a|x)"), ("likelihood", "likelihood")):
-            if m in lake:
-                out.append(f"  {label:<12} {_acc(lake[m])}   error {100 * (1 - lake[m]['accuracy']):.1f}%")
+        for m, entry in lake.items():
+            if isinstance(entry, dict) and "accuracy" in entry:
+                out.append(f"  {method_title(m, entry):<28} {_acc(entry)}   error {100 * (1 - entry['accuracy']):.1f}%")
     if result.get("skipped"):
         out.append("Skipped (the model's capabilities or the split do not allow them):")
     for line in result.get("skipped") or []:
@@ -137,6 +145,101 @@ def format_tables(result: dict[str, Any]) -> str:
         out.append("Pictures:")
         out.extend(f"  {p}" for p in result["pictures"])
     return "\n".join(out)
+
+
+def method_title(method: str, entry: dict[str, Any] | None = None, samples: int | None = None) -> str:
+    """A method's printed name: the label its result carries, else the benchmark's (``LABELS``)."""
+    label = (entry or {}).get("label") or LABELS.get(method, method)
+    if method == LIKELIHOOD and samples:
+        label += f" (K={samples})"
+    return label
+
+
+def task_short(task: Task) -> str:
+    """``5w1s`` / ``20w5s within``: a column header."""
+    return f"{task.ways}w{task.shots}s" + (" within" if task.alphabet == "within" else "")
+
+
+def result_methods(result: dict[str, Any]) -> list[str]:
+    """The methods of a result's classification (and Lake) entries, in its "methods" order, pixel last."""
+    found = [m for entry in (result.get("classification") or {}).values() if isinstance(entry, dict) for m in entry]
+    found += [m for m, v in (result.get("lake_runs") or {}).items() if isinstance(v, dict) and "accuracy" in v]
+    order = [*(result.get("methods") or []), *found]
+    out = [m for m in dict.fromkeys(order) if m in found and m != PIXEL]
+    return out + ([PIXEL] if PIXEL in found else [])
+
+
+def _episodes_note(result: dict[str, Any]) -> str:
+    n_q, n_l = result.get("classification_episodes"), result.get("likelihood_episodes")
+    if n_l in (None, n_q):
+        return f"{n_q} episodes per task"
+    return f"{n_q} episodes per task, {n_l} by likelihood (K={result.get('likelihood_samples')})"
+
+
+def format_classification(result: dict[str, Any]) -> list[str]:
+    """The classification benchmark of one run: a row per task, a column per method, then the seeds'
+    numbers for the run's family (labelled as theirs)."""
+    cls = result.get("classification") or {}
+    methods = result_methods({"classification": cls, "methods": result.get("methods")})
+    out = [f"Few-shot classification ({_episodes_note(result)}, one query per class, accuracy ± 95% CI; "
+           "the same seeded episodes for every model and method)"]
+    titles = [method_title(m, next((e[m] for e in cls.values() if m in e), None), result.get("likelihood_samples"))
+              for m in methods]
+    header = ["task", *titles]
+    rows = []
+    for key, entry in cls.items():
+        task = parse_task_key(key)
+        rows.append([task.name if task else key, *(_acc(entry.get(m)) for m in methods)])
+    out += _console(header, rows)
+    if not cls:
+        out.append("  (no task ran: see Skipped)")
+    family = result.get("model")
+    for seed in seed_papers.accuracy_seeds(family):
+        shown = ", ".join(f"{w}w{s}s {v:.1f}" for (w, s), v in seed.accuracy.items())
+        out.append(f"  {seed_papers.seed_label(seed)}, by {seed.method_label or method_title(seed.method)}: {shown} %")
+    if seed_papers.accuracy_seeds(family):
+        out.append(f"  ({seed_papers.SEED_NOTE})")
+    return out
+
+
+def format_conditioning(result: dict[str, Any]) -> list[str]:
+    """The talk's table of one run: a row per n, a column per C_test (NLL ± s.e.), then the seeds'
+    numbers for the run's family in columns of their own, footnoted."""
+    rows = result.get("nll_conditioning") or []
+    classes, ns, by = conditioning_columns(rows)
+    where = f"{dataset_label(result.get('dataset'))}, split {result.get('split')}"
+    out = [f"NLL bound vs conditioning examples, C_test classes in the set (the talk's table; K={result.get('samples')}, "
+           f"{result.get('episodes')} episodes per column, {where})"]
+    seeds = [s for s in seed_papers.nll_seeds(result.get("model")) if any(n in s.nll for n in ns)]
+    header = ["n", *(f"C_test={c}" for c in classes), *(f"seed{_sup(i + 1)} C={s.classes}" for i, s in enumerate(seeds))]
+    table = []
+    for n in ns:
+        cells = [str(n)]
+        for c in classes:
+            r = by.get((c, n))
+            cells.append("—" if r is None else f"{_f(r['nll'])} ± {_f(r['stderr'])}")
+        cells += [_f(s.nll.get(n), ".1f") for s in seeds]
+        table.append(cells)
+    out += _console(header, table)
+    rule = (result.get("conditioning") or {}).get("rule")
+    if rule:
+        out.append(f"  {rule}")
+    for i, s in enumerate(seeds):
+        out.append(f"  {_sup(i + 1)} {seed_papers.seed_label(s)}" + (f" ({s.note})" if s.note else ""))
+    if seeds:
+        out.append(f"  ({seed_papers.SEED_NOTE})")
+    return out
+
+
+def _sup(i: int) -> str:
+    return "".join("⁰¹²³⁴⁵⁶⁷⁸⁹"[int(d)] for d in str(i))
+
+
+def _console(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a right-aligned console table (first column left-aligned), indented by two."""
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    return ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            for row in [header, *rows]]
 
 
 # --- a saved evaluation, checked ---------------------------------------------------------------------
@@ -241,14 +344,39 @@ class _Checker:
             where = f"protocol.classification.{task}"
             if not isinstance(entry, dict):
                 self.fail(where, "a mapping of methods", entry)
-            for method in METHODS:
-                result = entry.get(method)
-                if result is None:
-                    continue
-                if not isinstance(result, dict):
-                    self.fail(f"{where}.{method}", "a mapping (accuracy, ci95)", result)
-                self.number(result, "accuracy", f"{where}.{method}.", minimum=0, maximum=1, optional=False)
-                self.number(result, "ci95", f"{where}.{method}.", minimum=0)
+            for method, result in entry.items():
+                self.accuracy(result, f"{where}.{method}")
+        lake = self.kind(protocol, "lake_runs", "protocol.", (dict,), "a mapping (dir, runs, methods)")
+        for method, result in (lake or {}).items():
+            if method not in ("dir", "runs", "ways"):
+                self.accuracy(result, f"protocol.lake_runs.{method}")
+
+    def accuracy(self, result: Any, where: str) -> None:
+        if not isinstance(result, dict):
+            self.fail(where, "a mapping (accuracy, ci95)", result)
+        self.number(result, "accuracy", f"{where}.", minimum=0, maximum=1, optional=False)
+        self.number(result, "ci95", f"{where}.", minimum=0)
+        self.count(result, "episodes", f"{where}.", minimum=1)
+        self.kind(result, "label", f"{where}.", (str,), "a string")
+
+    def conditioning(self, protocol: dict) -> None:
+        """The talk's table: rows with classes ≥ 1 and examples ≥ 0, each (C, n) once, NLLs as in :meth:`table`."""
+        rows = self.kind(protocol, "nll_conditioning", "protocol.", (list,), "a list of rows")
+        seen: set[tuple[int, int]] = set()
+        for i, row in enumerate(rows or []):
+            where = f"protocol.nll_conditioning[{i}]"
+            if not isinstance(row, dict):
+                self.fail(where, "a mapping (a table row)", row)
+            key = (self.count(row, "classes", f"{where}.", minimum=1, optional=False),
+                   self.count(row, "examples", f"{where}.", minimum=0, optional=False))
+            if key in seen:
+                self.fail(f"{where}.examples", f"unique in its C_test={key[0]} column (another row has it)", key[1])
+            seen.add(key)
+            nll = self.number(row, "nll", f"{where}.", minimum=0, optional=False)
+            stderr = self.number(row, "stderr", f"{where}.", minimum=0)
+            self.number(row, "change", f"{where}.")
+            self.number(row, "change_stderr", f"{where}.", minimum=0)
+            self.per_episode(row, where, nll, stderr)
 
 
 def check_saved_evaluation(saved: Any, source: str) -> dict[str, Any]:
@@ -266,7 +394,14 @@ def check_saved_evaluation(saved: Any, source: str) -> dict[str, Any]:
     check.number(saved, "nll_bound_stderr", "", minimum=0)
     check.table(protocol, "examples", "examples")
     check.table(protocol, "classes", "classes")
+    check.conditioning(protocol)
     check.classification(protocol)
+    version = protocol.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        check.fail("protocol.version", "an integer ≥ 1", version)
+    if version > RESULT_VERSION:
+        raise DataError(f"{source}: written by a newer varmem (evaluation result version {version}; this one reads up to "
+                        f"{RESULT_VERSION}): update varmem to compare it")
     return protocol
 
 
@@ -348,10 +483,12 @@ def _runs_block(infos: Sequence[dict[str, Any]]) -> tuple[str, str, list[str], l
 def format_comparison(results: Sequence[tuple[str, dict[str, Any]]], markdown: bool = False,
                       infos: Sequence[dict[str, Any]] | None = None) -> str:
     """Several runs' protocol results side by side: NLL vs examples (each run's change vs its first
-    row, paired within the run), NLL vs classes (with each run's own optimum) and classification
-    accuracy, one column per run, then each run's difference from the first (paired or unpaired, as
-    the header says). ``infos`` (from :func:`run_info`) adds the table of runs. Console tables or
-    (``markdown``) Markdown tables under bold titles."""
+    row, paired within the run) and NLL vs classes (with each run's own optimum), one column per run,
+    then each run's difference from the first (paired or unpaired, as the header says); the talk's
+    table (:func:`conditioning_table`) and the classification benchmark (:func:`classification_table`),
+    a row per run (and C_test, or method), with the seeds' numbers beside; a note per table a file
+    lacks. ``infos`` (from :func:`run_info`) adds the table of runs. Console tables or (``markdown``)
+    Markdown tables under bold titles."""
     labels = [label for label, _ in results]
     blocks: list[tuple[str, str, list[str], list[list[str]]]] = []  # (title, first column, header, rows)
     if infos:
@@ -388,18 +525,19 @@ def format_comparison(results: Sequence[tuple[str, dict[str, Any]]], markdown: b
         notes.append("paired: the same episodes' targets in both runs (same dataset, split, seed and episodes), s.e. over "
                      "per-episode differences; unpaired: s.e. √(s₁² + s₂²) — the episodes or seeds differ, or the files "
                      "hold no per-episode values.")
-    tasks = list(dict.fromkeys(t for _, res in results for t in (res.get("classification") or {})))
-    rows = []
-    for t in tasks:
-        row = [t]
-        for _, res in results:
-            entry = (res.get("classification") or {}).get(t) or {}
-            row.append(" / ".join(f"{100 * entry[m]['accuracy']:.1f} ± {100 * (entry[m]['ci95'] or 0):.1f}"
-                                  if m in entry else "—" for m in METHODS))
-        rows.append(row)
-    if rows:
-        blocks.append(("Few-shot classification accuracy (% ± 95% CI: by q(a|x) / by likelihood)", "task",
-                       ["task", *labels], rows))
+    marks: list[Any] = []  # the seeds' rows shown, numbered across both tables
+    conditioning = conditioning_table(results, marks)
+    if conditioning is not None:
+        title, header, rows, footnotes = conditioning
+        blocks.append((title, "run", header, rows))
+        notes.extend(footnotes)
+    classification = classification_table(results, marks)
+    if classification is not None:
+        title, header, rows, footnotes, _ = classification
+        blocks.append((title, "run", header, rows))
+        notes.extend(footnotes)
+    notes.extend(seed_footnotes(marks))
+    notes.extend(missing_tables(results))
     out: list[str] = []
     for title, key, header, rows in blocks:
         if markdown:
@@ -413,3 +551,218 @@ def format_comparison(results: Sequence[tuple[str, dict[str, Any]]], markdown: b
     for note in notes:
         out += ["", note] if markdown or note is notes[0] else [note]
     return "\n".join(out).strip("\n")
+
+
+# --- the talk's table and the classification benchmark across runs --------------------------------------
+
+LAKE = "lake_runs"
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "—"
+    return f"{100 * entry['accuracy']:.1f} ± {_f(None if entry.get('ci95') is None else 100 * entry['ci95'], '.1f')}"
+
+
+def compare_tasks(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The task keys of ``results``' classification, between alphabets first, then within, then Lake's runs."""
+    keys = list(dict.fromkeys(k for _, res in results for k in (res.get("classification") or {})))
+    tasks = [k for k in keys if parse_task_key(k) is not None]
+    tasks.sort(key=lambda k: parse_task_key(k).alphabet == "within")
+    tasks += [k for k in keys if parse_task_key(k) is None]
+    if any(res.get(LAKE) for _, res in results):
+        tasks.append(LAKE)
+    return tasks
+
+
+def _task_header(key: str) -> str:
+    task = parse_task_key(key)
+    return "Lake's runs" if key == LAKE else task_short(task) if task else key
+
+
+def _entry(res: dict[str, Any], key: str, method: str) -> dict[str, Any] | None:
+    node = res.get(LAKE) if key == LAKE else (res.get("classification") or {}).get(key)
+    value = (node or {}).get(method)
+    return value if isinstance(value, dict) else None
+
+
+def seed_footnotes(marks: Sequence[Any]) -> list[str]:
+    """The footnotes of the seeds' rows numbered in ``marks`` (``¹ seed: ... [source; protocol]``) and the note
+    that they are the papers' numbers, not ours."""
+    notes = [f"{_sup(i + 1)} {seed_papers.seed_label(s)}" + (f" ({s.note})" if s.note else "") for i, s in enumerate(marks)]
+    if marks:
+        notes.append(seed_papers.SEED_NOTE + "; the seeds' classification tasks are between alphabets.")
+    return notes
+
+
+def _mark(marks: list[Any], seed: Any) -> str:
+    if seed not in marks:
+        marks.append(seed)
+    return _sup(marks.index(seed) + 1)
+
+
+def classification_table(results: Sequence[tuple[str, dict[str, Any]]], marks: list[Any] | None = None):
+    """The benchmark across runs: (title, header, rows, footnotes, records) or None when no run has one.
+
+    Rows: the pixel baseline first (one row when every run's pixel numbers agree, as they do on the
+    same dataset, split, seed and episodes; else a row per group of runs), then per run a row per
+    method, each followed by the seed papers' rows for its family and method (``seed¹``: numbered in
+    ``marks``, footnoted by :func:`seed_footnotes`). Columns: the tasks, between alphabets, within, Lake's
+    runs. ``records``: one dict per cell for :func:`classification_csv` (``kind`` "baseline", "ours" or
+    "seed"). ``footnotes``: the table's own notes."""
+    tasks = compare_tasks(results)
+    if not tasks:
+        return None
+    header = ["run", "method", *(_task_header(k) for k in tasks)]
+    rows: list[list[str]] = []
+    records: list[dict[str, Any]] = []
+    marks = [] if marks is None else marks
+
+    def record(kind: str, run: str, family: str | None, method: str, label: str, key: str, entry: dict | None,
+               extra: dict[str, Any] | None = None) -> None:
+        if not entry:
+            return
+        task = parse_task_key(key)
+        wilson = entry.get("wilson95") or [None, None]
+        records.append({"kind": kind, "run": run, "family": family, "method": method, "label": label,
+                        "task": key, "ways": task.ways if task else 20, "shots": task.shots if task else 1,
+                        "alphabet": task.alphabet if task else "within", "accuracy": entry["accuracy"],
+                        "ci95": entry.get("ci95"), "wilson95_low": wilson[0], "wilson95_high": wilson[1],
+                        "episodes": entry.get("episodes"), "targets": entry.get("targets"),
+                        "samples": entry.get("samples"), **(extra or {})})
+
+    groups: dict[tuple, list[str]] = {}
+    pixel_of: dict[tuple, dict[str, Any]] = {}
+    for label, res in results:
+        cells = tuple(_cell(_entry(res, k, PIXEL)) for k in tasks)
+        if any(c != "—" for c in cells):
+            groups.setdefault(cells, []).append(label)
+            pixel_of.setdefault(cells, res)
+    for cells, labels in groups.items():
+        run = "pixels" if len(groups) == 1 else f"pixels [{', '.join(labels)}]"
+        rows.append([run, method_title(PIXEL), *cells])
+        for k in tasks:
+            record("baseline", run, None, PIXEL, method_title(PIXEL), k, _entry(pixel_of[cells], k, PIXEL))
+    for label, res in results:
+        family = res.get("model")
+        for m in result_methods(res):
+            if m == PIXEL:
+                continue
+            first = next((e for k in tasks if (e := _entry(res, k, m))), None)
+            samples = res.get("likelihood_samples") if m == LIKELIHOOD else None
+            title = method_title(m, first, samples)
+            rows.append([label, title, *(_cell(_entry(res, k, m)) for k in tasks)])
+            for k in tasks:
+                record("ours", label, family, m, title, k, _entry(res, k, m))
+            for seed in seed_papers.accuracy_seeds(family, m):
+                mark = _mark(marks, seed)
+                cells = []
+                for k in tasks:
+                    task = parse_task_key(k)
+                    value = seed.accuracy.get((task.ways, task.shots)) if task and task.alphabet == "between" else None
+                    cells.append("" if value is None else f"{value:.1f}")
+                    if value is not None:
+                        record("seed", f"seed{mark}", family, m, title, k, {"accuracy": value / 100},
+                               {"source": seed.source, "protocol": seed.protocol, "model": seed.model})
+                rows.append([f"  seed{mark}", title, *cells])
+    n = sorted({r["episodes"] for r in records if r["kind"] != "seed" and r["episodes"]})
+    title = ("Few-shot classification (% accuracy ± 95% CI; " + (f"{n[0]}–{n[-1]}" if len(n) > 1 else f"{n[0] if n else '?'}")
+             + " episodes per cell, each run's count in its CSV; a task's episodes are the same for every model "
+             "evaluated with the same dataset, split and seed)")
+    return title, header, rows, [], records
+
+
+CSV_FIELDS = ("kind", "run", "family", "method", "label", "task", "ways", "shots", "alphabet", "accuracy", "ci95",
+              "wilson95_low", "wilson95_high", "episodes", "targets", "samples", "model", "source", "protocol")
+
+
+def classification_csv(records: Sequence[dict[str, Any]]) -> str:
+    """Tidy CSV of :func:`classification_table`'s records: one row per (run or seed, method, task)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def conditioning_table(results: Sequence[tuple[str, dict[str, Any]]], marks: list[Any] | None = None):
+    """The talk's table across runs: (title, header, rows, notes) or None when no run has it. A row per
+    (run, C_test), a column per n; after a run's rows the seeds' rows for its family (numbered in
+    ``marks``, footnoted by :func:`seed_footnotes`)."""
+    if not any(res.get("nll_conditioning") for _, res in results):
+        return None
+    ns = sorted({int(r["examples"]) for _, res in results for r in res.get("nll_conditioning") or []})
+    header = ["run", "C_test", *(f"n={n}" for n in ns)]
+    rows: list[list[str]] = []
+    marks = [] if marks is None else marks
+    for label, res in results:
+        classes, _, by = conditioning_columns(res.get("nll_conditioning") or [])
+        for c in classes:
+            rows.append([label, str(c), *("—" if (c, n) not in by else f"{_f(by[(c, n)]['nll'])} ± "
+                                           f"{_f(by[(c, n)]['stderr'], '.1f')}" for n in ns)])
+        for seed in seed_papers.nll_seeds(res.get("model")):
+            if not any(n in seed.nll for n in ns):
+                continue
+            rows.append([f"  seed{_mark(marks, seed)}", str(seed.classes),
+                         *("" if n not in seed.nll else f"{seed.nll[n]:.1f}" for n in ns)])
+    notes = []
+    rule = next(((res.get("conditioning") or {}).get("rule") for _, res in results if res.get("conditioning")), None)
+    title = "NLL bound vs conditioning examples n for C_test classes in the set (the talk's table; nats ± s.e.)"
+    if rule:
+        notes.insert(0, f"The talk's table: {rule}.")
+    return title, header, rows, notes
+
+
+def missing_tables(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A note per run whose file lacks a table another run has (an older file, or a narrower evaluation)."""
+    notes = []
+    what = (("nll_conditioning", "the talk's table (NLL vs conditioning examples)", "--tables conditioning"),
+            ("classification", "the classification benchmark", "--tasks ..."))
+    for key, name, flag in what:
+        if not any(res.get(key) for _, res in results):
+            continue
+        for label, res in results:
+            if res.get(key):
+                continue
+            old = res.get("version", 1) < RESULT_VERSION and key == "nll_conditioning"
+            notes.append(f"{label}: {name} is missing from its file: " + (
+                f"written by an older `varmem eval` (result version {res.get('version', 1)})" if old
+                else "that evaluation did not run it") + f"; `varmem eval RUN {flag} --save FILE` adds it.")
+    for label, res in results:
+        cls = res.get("classification") or {}
+        if cls and res.get("version", 1) < RESULT_VERSION:
+            notes.append(f"{label}: an older evaluation file (result version {res.get('version', 1)}): no within-alphabet "
+                         "tasks, no cosine or pixel rows; evaluate the run again for them.")
+    return notes
+
+
+CONDITIONING_FIELDS = ("kind", "run", "family", "classes", "examples", "nll", "stderr", "change", "change_stderr",
+                       "episodes", "targets", "samples", "model", "source", "protocol")
+
+
+def conditioning_csv(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Tidy CSV of the talk's table across runs: a row per (run, C_test, n), then the seeds' rows for the
+    runs' families (``kind`` "seed", with their source and protocol)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CONDITIONING_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    families = []
+    for label, res in results:
+        for r in res.get("nll_conditioning") or []:
+            writer.writerow({"kind": "ours", "run": label, "family": res.get("model") or "",
+                             **{k: ("" if r.get(k) is None else r[k]) for k in CONDITIONING_FIELDS[3:12]}})
+        if res.get("model") not in families:
+            families.append(res.get("model"))
+    for family in families:
+        for seed in seed_papers.nll_seeds(family):
+            for n, v in sorted(seed.nll.items()):
+                writer.writerow({"kind": "seed", "run": "", "family": family, "classes": seed.classes, "examples": n,
+                                 "nll": v, "model": seed.model, "source": seed.source, "protocol": seed.protocol})
+    return buf.getvalue()

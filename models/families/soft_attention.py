@@ -12,6 +12,9 @@ for r; the VMA decoder has pixel-level skips from its single m_a instead, which 
 combination of M entries does not give). Trained on the K-sample IWAE bound, reparameterized.
 
 Memory: episode exemplars or ``learned_memory_size`` parameter images (as in :mod:`varmem.models.vma`).
+
+Embedding (``embed``, for cosine nearest-neighbour classification): the mean of q(z | x) — q(z | x)
+reads x alone here, so its mean is a per-image code, the features the talk's cosine classifier uses.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ class EncodedMemory(NamedTuple):
 
 @register("soft_attention", SoftAttentionConfig)
 class SoftAttentionMemory(FewShotModel):
-    capabilities = frozenset({Capability.LIKELIHOOD, Capability.SAMPLING})
+    capabilities = frozenset({Capability.LIKELIHOOD, Capability.SAMPLING, Capability.EMBEDDING})
     uses_memory = True
 
     def __init__(self, config, image_shape: tuple[int, int]):
@@ -102,6 +105,12 @@ class SoftAttentionMemory(FewShotModel):
         G, T = check_images("targets", targets, self.image_shape, op)
         top = self.x_pyramid.top(self.x_pyramid(targets.reshape(G * T, 1, *self.image_shape)))
         return DiagonalGaussian.from_params(self.posterior_head(top.view(G, T, -1)))  # [G, T, z]
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The mean of q(z | x): images [..., 1, H, W] → [..., z]."""
+        flat = images.reshape(1, -1, *images.shape[-3:]) if images.dim() >= 3 else images  # [1, N, 1, H, W]
+        q_z = self.posterior(flat, "SoftAttentionMemory.embed")  # [1, N, z]
+        return q_z.mean.reshape(*images.shape[:-3], -1)
 
     def log_weights(self, mem: EncodedMemory, q_z: DiagonalGaussian, targets: torch.Tensor, k: int, generator=None):
         """(log w, log p(x | z, r)) for k samples z ~ q(z | x): [G, T, k] each."""

@@ -5,6 +5,9 @@
 Trained on the K-sample importance-weighted bound log (1/K) Σ_k p(x, z_k)/q(z_k | x)
 (IWAE; the VMA paper's eq. 7 without the address), fully reparameterized. ``uses_memory`` is
 False: the memory argument of every method is ignored (it may be None).
+
+Embedding (``embed``, for cosine nearest-neighbour classification): the mean of q(z | x) — the
+features of q(z | ·) that the talk's cosine classifier uses, the only per-image code the VAE has.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class VAEConfig(NetworkConfig):
 
 @register("vae", VAEConfig)
 class VAE(FewShotModel):
-    capabilities = frozenset({Capability.LIKELIHOOD, Capability.SAMPLING})
+    capabilities = frozenset({Capability.LIKELIHOOD, Capability.SAMPLING, Capability.EMBEDDING})
     uses_memory = False
 
     def __init__(self, config, image_shape: tuple[int, int]):
@@ -70,3 +73,9 @@ class VAE(FewShotModel):
         p = next(self.parameters())
         z = torch.randn(G * num, self.config.z_dim, generator=generator, device=p.device, dtype=p.dtype)
         return self.decoder(z).view(G, num, 1, *self.image_shape)  # logits
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The mean of q(z | x): images [..., 1, H, W] → [..., z]."""
+        flat = images.reshape(1, -1, *images.shape[-3:]) if images.dim() >= 3 else images  # [1, N, 1, H, W]
+        q_z = self.posterior(flat, "VAE.embed")  # [1, N, z]
+        return q_z.mean.reshape(*images.shape[:-3], -1)

@@ -30,6 +30,13 @@ K address samples of a target cost K MLP heads and K decoders, not K conv pyrami
 Memory: ``memory="episode"`` reads the episode's exemplars [G, M, 1, H, W]; ``"learned"``
 reads ``learned_memory_size`` parameter images shared by all episodes (the episode's memory
 argument is then ignored and may be None).
+
+Embedding (``embed``, for cosine nearest-neighbour classification): the x-pyramid's top features,
+the inference network's features of x alone — the input of both q(z | x, m_a) (the talk's cosine
+classifier uses features of q(z | ·)) and h_q(x). Not h_q(x) itself: training shapes h_q(x) only
+against the keys h(m_a) of the untied m-network, never against another h_q(x'), so similarities
+between two h_q codes are not what it learned (q(a|x) is the classifier that uses h_q); not the
+mean of q(z | x, m_a), which depends on the entry m_a.
 """
 from __future__ import annotations
 
@@ -108,7 +115,8 @@ class LatentTerms(NamedTuple):
 
 @register("vma", VMAConfig)
 class VMA(FewShotModel):
-    capabilities = frozenset({Capability.LIKELIHOOD, Capability.ADDRESS, Capability.SAMPLING, Capability.CLASSIFICATION})
+    capabilities = frozenset({Capability.LIKELIHOOD, Capability.ADDRESS, Capability.SAMPLING, Capability.CLASSIFICATION,
+                              Capability.EMBEDDING})
     uses_memory = True
     min_num_samples = 2  # VIMCO's leave-one-out baselines use the other samples
 
@@ -157,6 +165,13 @@ class VMA(FewShotModel):
         skips = self.x_pyramid(targets.reshape(G * T, 1, *self.image_shape))
         top = self.x_pyramid.top(skips).view(G, T, -1)  # [G, T, F_x]
         return EncodedTargets(targets, top, self.query_embed(top))  # e_q [G, T, d]
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The x-pyramid's top features (see the module docstring): images [..., 1, H, W] → [..., F_x]."""
+        flat = images.reshape(1, -1, *images.shape[-3:]) if images.dim() >= 3 else images  # [1, N, 1, H, W]
+        _, N = check_images("images", flat, self.image_shape, "VMA.embed")
+        top = self.x_pyramid.top(self.x_pyramid(flat.reshape(N, 1, *self.image_shape)))  # [N, F_x]
+        return top.reshape(*images.shape[:-3], -1)
 
     def _check_episodes(self, memory, targets) -> None:
         if memory is not None and self.learned_memory is None and memory.shape[0] != targets.shape[0]:

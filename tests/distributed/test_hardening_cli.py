@@ -206,14 +206,15 @@ def test_help_has_no_default_none_no_doubled_default_and_every_option_has_help(n
 def test_eval_help_shows_the_expensive_defaults_and_what_they_cost(capsys):
     from varmem.distributed import cli_eval
     from varmem.models.eval.classification import DEFAULT_TASKS
-    from varmem.models.eval.cost import bound_cost, classification_cost, nll_classes_cost, nll_examples_cost
+    from varmem.models.eval.cost import (bound_cost, classification_cost, nll_classes_cost, nll_conditioning_cost,
+                                         nll_examples_cost)
     from varmem.models.eval.nll_tables import CLASS_TABLE_TARGETS, DEFAULT_EXAMPLES, class_counts
 
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for needle in ("(default 1000)", "(default 100)", "per N-way K-shot classification task (default 1000)",
-                   "(default: 5x1,5x5,20x1,20x5)", "by likelihood (default 10)", "18.7 M decodes", "63×"):
+                   "(default: 5x1,5x5,20x1,20x5)", "by likelihood (default 10)", "19.0 M decodes", "36×"):
         assert needle in text, needle
     # the help's copies of the protocol's defaults, and its numbers, are the protocol's
     assert (cli_eval.DEFAULT_EXAMPLES, cli_eval.DEFAULT_TASKS, cli_eval.CLASS_TABLE_TARGETS) == (
@@ -221,8 +222,9 @@ def test_eval_help_shows_the_expensive_defaults_and_what_they_cost(capsys):
     assert cli_eval.class_rows(220) == class_counts(220)
     make_main = [bound_cost(20, 32, 100, 4), nll_examples_cost(20, DEFAULT_EXAMPLES, 100, 4),
                  nll_classes_cost(20, class_counts(220), CLASS_TABLE_TARGETS, 100, 4),
-                 classification_cost("5x1", "likelihood", 20, 5, 5, 10), classification_cost("20x1", "likelihood", 20, 20, 20, 10)]
+                 *(nll_conditioning_cost(20, c, (1, 2, 3, 4, 5, 10, 19), 100, 4) for c in (1, 2, 3, 4)),
+                 *(classification_cost(f"{w}x1 {a}", "likelihood", 20, w, w, 10) for a in ("between", "within") for w in (5, 20))]
     assert sum(p.decodes for p in make_main) == cli_eval.MAKE_MAIN_DECODES
-    assert round(sum(p.decodes for p in cli_eval.default_cost()) / 1e6, 1) == 18.7
+    assert round(sum(p.decodes for p in cli_eval.default_cost()) / 1e6, 1) == 19.0
     assert yaml.safe_load(Path(__file__).resolve().parents[2].joinpath(cli_eval.EXAMPLE["config"]).read_text())[
         "episode"]["eval"] == {"ways": 8, "shots": 4, "targets": 4}

@@ -393,3 +393,23 @@ def test_non_floating_inputs_are_refused(dtype):
                 gaussian_write(w.to(dtype), p, 8, 8)
             with pytest.raises(ValueError, match=f"gaussian_write: params must be floating point, got dtype {dtype}"):
                 gaussian_write(w, p.to(dtype), 8, 8)
+
+
+# The shapes the sequential model (models/families/sequential.py, configs/sequential_strokes.yaml) runs:
+# 12 × 12 patches, the 4-channel hidden canvas (write), reads of 1 channel (target, context) and 2 (DRAW's
+# target and error image), images of 26 (strokes, Omniglot 104/4), 28 and 52 px; its compute dtype, float32.
+MODEL_CASES = [(4, 4, 26, 26, 12), (3, 4, 28, 28, 12), (2, 4, 52, 52, 12), (5, 1, 26, 26, 12), (3, 2, 28, 28, 12),
+               (2, 1, 52, 52, 12)]
+
+
+@pytest.mark.parametrize("B,C,H,W,N", MODEL_CASES)
+def test_sequential_model_shapes_match_reference(B, C, H, W, N):
+    dtype = torch.float32
+    x = torch.rand(B, C, H, W, dtype=dtype, device=DEVICE)  # pixels and canvases in [0, 1]
+    got, want = read_case(x, random_params(B, dtype), N, "triton")
+    assert got[0].shape == (B, C, N, N)
+    assert_case(got, want, dtype, ("read", "d/dx"))
+    patch = torch.randn(B, C, N, N, dtype=dtype, device=DEVICE)
+    got, want = write_case(patch, random_params(B, dtype), H, W, "triton")
+    assert got[0].shape == (B, C, H, W)
+    assert_case(got, want, dtype, ("write", "d/dpatch"))

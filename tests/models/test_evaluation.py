@@ -165,11 +165,13 @@ def test_distractor_classes_count_as_candidates(dataset):
 
 
 def test_methods_follow_the_model(dataset):
-    assert capabilities.methods_for(tiny_model("vma")) == {"q_a": None, "likelihood": None}
+    assert capabilities.methods_for(tiny_model("vma")) == {"q_a": None, "likelihood": None, "cosine": None}
     sa = capabilities.methods_for(tiny_model("soft_attention"))
-    assert sa["likelihood"] is None and "no address posterior" in sa["q_a"]
+    assert sa["likelihood"] is None and sa["cosine"] is None and "no address posterior" in sa["q_a"]
     vae = capabilities.methods_for(tiny_model("vae"))
     assert "does not read the episode's memory" in vae["q_a"] and vae["likelihood"] == vae["q_a"]
+    assert vae["cosine"] is None  # the VAE embeds (the mean of q(z|x)) though it reads no memory
+    assert "does not declare the 'embedding' capability" in capabilities.methods_for(Stub())["cosine"]
     spec = EpisodeSpec.classification(SPLIT, ways=5, shots=1)
     with pytest.raises(ValueError, match="no address posterior"):
         classification.classification_accuracy(tiny_model("soft_attention"), dataset, spec, 5, "q_a")
@@ -333,17 +335,20 @@ def test_evaluate_writes_tables_classification_and_pictures(dataset, lake_dir, t
     assert [row["examples"] for row in r["nll_vs_examples"]] == [1, 2, 3, 4, 5, 10]
     assert [row["classes"] for row in r["nll_vs_classes"]] == [1, 2, 4, 6]
     assert all("optimum" in row and row["beats_optimum"] == (row["gap"] < 0) for row in r["nll_vs_classes"])
-    assert set(r["classification"]) == {"5way1shot", "5way5shot"}
+    # 5-way tasks between alphabets and within one (the split's one alphabet); 20-way ones do not fit
+    assert set(r["classification"]) == {"5way1shot", "5way5shot", "5way1shot_within", "5way5shot_within"}
     for entry in r["classification"].values():
-        assert set(entry) == {"q_a", "likelihood"}
-        assert set(entry["q_a"]) >= {"accuracy", "ci95", "episodes"} and entry["q_a"]["episodes"] == 10
-    assert r["lake_runs"]["runs"] == 2 and set(r["lake_runs"]) >= {"q_a", "likelihood"}
+        assert list(entry) == ["q_a", "likelihood", "cosine", "pixel"]
+        assert set(entry["q_a"]) >= {"accuracy", "ci95", "episodes", "label"} and entry["q_a"]["episodes"] == 10
+        assert entry["likelihood"]["episodes"] == 10  # min(100, classification_episodes)
+    assert r["lake_runs"]["runs"] == 2 and set(r["lake_runs"]) >= {"q_a", "likelihood", "cosine", "pixel"}
+    assert r["version"] == protocol.RESULT_VERSION and r["classifier"] == {"method": "q_a", "label": "q(a|x)"}
     assert any("20-way 1-shot skipped" in s for s in r["skipped"]) and any("n=19" in s for s in r["skipped"])
     assert r["dataset"]["name"] == Path(dataset.directory).name and r["dataset"]["fingerprint"]
     folder = tmp_path / "run" / "evaluation"
     assert sorted(Path(p).name for p in r["pictures"]) == [
-        "address_top5.png", "nll_vs_classes.png", "nll_vs_examples.png", "samples_one_shot_binary.png",
-        "samples_one_shot_means.png"]
+        "address_top5.png", "nll_conditioning.png", "nll_vs_classes.png", "nll_vs_examples.png",
+        "samples_one_shot_binary.png", "samples_one_shot_means.png"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(Path(p).name for p in r["pictures"])  # no temporaries
     with Image.open(folder / "samples_one_shot_means.png") as im:
         assert im.size == (12 * (CELL + 2) + 2, 16 + 6 * (CELL + 2) + 2)  # 10 samples; all 6 classes
@@ -362,10 +367,15 @@ def test_evaluate_writes_tables_classification_and_pictures(dataset, lake_dir, t
     assert any("5-way 1-shot by likelihood" in line and "10 episodes × 5 classes × 5 targets × K=2" in line
                and line.endswith("500") for line in plan), plan
     assert plan[-1].split()[:1] == ["total"] and plan[-1].endswith("decodes")
-    assert sum(line.startswith("done: ") for line in lines) == 2 + 4 + 1 + 1  # tables, 2 tasks × 2 methods, Lake, pictures
+    assert any("NLL vs conditioning examples, C_test=3 (n=1,2,3,4,5,10,19)" in line  # VMA: no n = 0 row
+               and "2 episodes × 7 rows × 3 targets × (K=3 + 4)" in line and line.endswith(f"{2 * 7 * 3 * 7:,}")
+               for line in plan), plan
+    assert any("5-way 1-shot within by pixels: cosine NN" in line and line.endswith(" 0") for line in plan), plan
+    # tables (examples, classes, 4 columns of the talk's), 4 tasks × 4 methods, Lake, pictures
+    assert sum(line.startswith("done: ") for line in lines) == 2 + 4 + 16 + 1 + 1
     # the same model, the same arguments: the same numbers
     again = protocol.evaluate(vma, dataset, **{**kw, "pictures": False, "progress": None})
-    for key in ("nll_vs_examples", "nll_vs_classes", "classification", "lake_runs"):
+    for key in ("nll_vs_examples", "nll_vs_classes", "nll_conditioning", "classification", "lake_runs"):
         assert again[key] == r[key], key
     assert again["pictures"] == []
 
@@ -373,16 +383,17 @@ def test_evaluate_writes_tables_classification_and_pictures(dataset, lake_dir, t
 def test_evaluate_a_model_without_memory(dataset, tmp_path):
     r = protocol.evaluate(tiny_model("vae"), dataset, samples=2, episodes=2, classification_episodes=5,
                           out_dir=tmp_path / "pics", progress=None, examples=(1, 2), **DATA)
-    assert r["classification"] == {}
+    assert all(list(entry) == ["cosine", "pixel"] for entry in r["classification"].values())  # embedding, no memory
     assert any("classification by likelihood" in s for s in r["skipped"])
     assert sorted(Path(p).name for p in r["pictures"]) == [
-        "nll_vs_classes.png", "nll_vs_examples.png", "samples_one_shot_binary.png", "samples_one_shot_means.png"]
+        "nll_conditioning.png", "nll_vs_classes.png", "nll_vs_examples.png", "samples_one_shot_binary.png",
+        "samples_one_shot_means.png"]
     assert all(Path(p).parent == tmp_path / "pics" for p in r["pictures"])
 
 
 class Classifier(FewShotModel):
-    """A family that declares classification and nothing else (Matching-Networks-like): class scores
-    from the distance to each class's mean memory entry."""
+    """A family that declares classification and nothing else, its own classifier unnamed ("classifier"):
+    class scores from the distance to each class's mean memory entry."""
 
     capabilities = frozenset({Capability.CLASSIFICATION})
     family = "classifier"
@@ -402,16 +413,20 @@ def test_a_model_without_likelihood_gets_its_likelihood_parts_skipped_with_the_r
     lines: list[str] = []
     r = protocol.evaluate(Classifier(), dataset, samples=2, episodes=2, classification_episodes=4, lake_runs=lake_dir,
                           out_dir=tmp_path, progress=lines.append, **DATA)
-    assert "nll_vs_examples" not in r and "nll_vs_classes" not in r and r["classification"] == {}
+    assert "nll_vs_examples" not in r and "nll_vs_classes" not in r and "nll_conditioning" not in r
+    assert r["classifier"] == {"method": "classifier", "label": "the family's class_scores"}
+    assert all(list(entry) == ["classifier", "pixel"] for entry in r["classification"].values())  # its own, and the floor
     reasons = "\n".join(r["skipped"])
     assert "NLL tables: the 'classifier' family has no likelihood (it does not declare the 'likelihood' capability)" in reasons
     assert "classification by likelihood: the 'classifier' family has no likelihood" in reasons
     assert "classification by q_a: the 'classifier' family has no address posterior" in reasons
     assert "sample grids: the 'classifier' family has no sampler" in reasons
-    assert "address picture:" in reasons and "lake_runs" not in r
+    assert "classification by cosine: the 'classifier' family has no embedding" in reasons
+    assert "address picture:" in reasons and set(r["lake_runs"]) >= {"classifier", "pixel"}
     assert r["pictures"] == [] and list(tmp_path.iterdir()) == []
-    assert lines[lines.index("skipped (the model's capabilities or the split do not allow them):") + 1:] == [
-        f"  {line}" for line in r["skipped"]]  # printed before anything ran; nothing ran
+    start = lines.index("skipped (the model's capabilities or the split do not allow them):") + 1
+    assert lines[start:start + len(r["skipped"])] == [f"  {line}" for line in r["skipped"]]  # printed before anything ran
+    assert lines[start + len(r["skipped"])].startswith("done: ")
     assert "\n  NLL tables: the 'classifier' family has no likelihood" in report.format_tables(r)
     # the parts that need only a capability it has are not skipped: the same model with a likelihood runs the tables
     assert capabilities.why_not(Stub())["nll_tables"] is None
@@ -460,7 +475,7 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
     assert [row["examples"] for row in p["nll_vs_examples"]] == [1, 2, 3, 4, 5, 10]
     assert p["nll_vs_classes"][0]["classes"] == 1 and all("optimum" in row for row in p["nll_vs_classes"])
     assert p["classification"]["5way1shot"]["q_a"]["episodes"] == 10
-    assert set(p["classification"]["5way5shot"]) == {"q_a", "likelihood"}
+    assert set(p["classification"]["5way5shot"]) == {"q_a", "likelihood", "pixel"}  # the stand-in does not embed
     assert p["lake_runs"]["runs"] == 2 and (pics / "address_top5.png").is_file()
     assert p["seed"] == 1 and p["samples"] == 3  # the config's train.val_seed
     assert main(argv + ["--no-pictures"]) == 0
@@ -477,7 +492,8 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
     out, _ = capsys.readouterr()
     p = json.loads(out)["protocol"]
     assert json.loads(saved.read_text()) == json.loads(out)
-    assert list(p["classification"]) == ["5way1shot", "3way2shot"] and "nll_vs_examples" not in p
+    assert list(p["classification"]) == ["5way1shot", "3way2shot", "5way1shot_within", "3way2shot_within"]
+    assert "nll_vs_examples" not in p and "nll_conditioning" not in p
     assert p["classification"]["3way2shot"]["q_a"]["episodes"] == 6
     assert p["classification"]["3way2shot"]["likelihood"]["episodes"] == 3
     assert main(fast[:-2] + ["--tables", "examples", "--tasks", "none", "--bound-episodes", "1", "--json"]) == 0
@@ -485,11 +501,26 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
     p = r["protocol"]
     assert "nll_vs_examples" in p and "nll_vs_classes" not in p and "classification" not in p
     assert r["episodes"] == 1 and p["episodes"] == 2 and p["nll_vs_examples"][0]["episodes"] == 2
+    # --alphabets, --methods, a --tables list, the talk's table's columns and rows
+    assert main(fast[:-2] + ["--alphabets", "within", "--methods", "q_a,pixel,kl", "--tables", "conditioning,examples",
+                             "--conditioning-classes", "2", "--conditioning-examples", "0,1,3", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)["protocol"]
+    assert list(p["classification"]) == ["5way1shot_within", "3way2shot_within"] and p["methods"] == ["q_a", "pixel"]
+    assert all(list(entry) == ["q_a", "pixel"] for entry in p["classification"].values())
+    assert [(r["classes"], r["examples"]) for r in p["nll_conditioning"]] == [(2, 1), (2, 3)]
+    assert "nll_vs_examples" in p and "nll_vs_classes" not in p
+    skipped = "\n".join(p["skipped"])
+    assert "C_test=2, n=0 skipped: the 'standin' family conditions on at least 1 memory entry (min_memory_size = 1)" in skipped
+    assert "classification by kl: the 'standin' family has no classifier named 'kl' (its own is 'q_a')" in skipped
     saved.unlink()
-    for bad in ("5", "5x0", "1x1", "fivex1"):
+    for flag, bad, needle in (("--tasks", "5", "WAYSxSHOTS"), ("--tasks", "5x0", "WAYSxSHOTS"), ("--tasks", "1x1", "WAYSxSHOTS"),
+                              ("--tasks", "fivex1", "WAYSxSHOTS"), ("--alphabets", "across", "between, within"),
+                              ("--tables", "examples,talk", "examples, classes, conditioning"),
+                              ("--conditioning-classes", "0,1", "integers ≥ 1"), ("--conditioning-examples", "-1", "integers ≥ 0"),
+                              ("--methods", "q(a|x)", "method names")):
         with pytest.raises(SystemExit) as e:
-            main(fast[:-2] + ["--tasks", bad])
-        assert e.value.code == 2 and "WAYSxSHOTS" in capsys.readouterr().err
+            main(fast[:-2] + [flag, bad])
+        assert e.value.code == 2 and needle in capsys.readouterr().err, (flag, bad)
     assert not saved.exists()
 
 
@@ -533,9 +564,13 @@ def test_varmem_compare(tmp_path, capsys):
     row2 = next(line for line in out.splitlines() if line.strip().startswith("2 "))
     assert row2.rstrip().endswith("+18.92 ± 0.71") and "VAE − VMA (unpaired)" in out
     assert "93.50 ± 1.0 [91.4]" in out and "90.00 ± 1.0 [90.1]†" in out and "Monte-Carlo" in out
-    assert "86.6 ± 1.0 / —" in out
+    row = next(line for line in out.splitlines() if line.split()[:2] == ["VMA", "q(a|x)"])  # models × (task, method)
+    assert row.split()[2:] == ["86.6", "±", "1.0"]
+    assert "VAE: the classification benchmark is missing from its file" in out
     for name in ("nll_vs_examples.png", "nll_vs_classes.png"):
         assert Image.open(tmp_path / "plots" / name).size == PLOT_SIZE
+    assert "| VMA | q(a|x) | 86.6 ± 1.0 |" in (tmp_path / "plots" / "comparison.md").read_text()
+    assert (tmp_path / "plots" / "classification.csv").read_text().splitlines()[1].startswith("ours,VMA,,q_a,q(a|x),5way1shot,5,1,between,0.8662,0.01,")
     assert main(["compare", f"VMA={a}", "--markdown"]) == 0
     assert "| 2 | 91.08 ± 0.5 (-5.01 ± 0.25) |" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{not json")

@@ -166,8 +166,10 @@ def test_build_model_and_config_errors():
     assert isinstance(build_model(tiny_config("vma"), (1, 26, 26)), VMA)
     assert isinstance(build_model(tiny_config("vae"), (26, 26)), VAE)
     assert isinstance(build_model(tiny_config("soft_attention"), (28, 28)), SoftAttentionMemory)
-    with pytest.raises(ConfigError, match=r"model.name='gmn' is not a registered model family"):
-        family("gmn")
+    with pytest.raises(ConfigError, match=r"model.name='no_such_family' is not a registered model family"):
+        family("no_such_family")
+    with pytest.raises(ConfigError, match=r"model.name must be a family name \(a string\), got \[0, \[\]\] \(list\)"):
+        family([0, []])  # what `--set model.name=[0,[]]` parses to (found by Hypothesis)
     with pytest.raises(ConfigError, match=r"model.channels must be the feature maps of all 6 conv layers.*\(32, 64\)"):
         VMAConfig(channels=(32, 64))
     with pytest.raises(ConfigError, match=r"model.z_dim must be an int >= 1, got 0"):

@@ -48,7 +48,7 @@ def root(tmp_path_factory) -> Path:
 
 
 FAST = ["--samples", "2", "--episodes", "2", "--classification-episodes", "4", "--likelihood-episodes", "2",
-        "--tasks", "3x1", "--tables", "examples"]
+        "--tasks", "3x1", "--alphabets", "between", "--methods", "q_a,likelihood", "--tables", "examples"]
 
 
 def test_eval_on_a_dataset_with_other_split_names_without_the_training_data(root, capsys):
