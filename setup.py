@@ -41,7 +41,9 @@ setup(
         "tqdm>=4.64",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100"],
+        # moto[server]: a real S3-compatible server (python -m moto.server on 127.0.0.1) for the object-storage
+        # tests of datasets and runs on s3:// (tests/s3server.py); boto3 comes with it
+        "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "moto[server]>=5.0"],
     },
     entry_points={"console_scripts": ["varmem=varmem.cli:main"]},
 )

@@ -32,7 +32,9 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field; the value is parsed as YAML and type-checked (repeatable)")
     t.add_argument("--steps", type=int, default=None, metavar="N", help="shorthand for --set train.steps=N")
-    t.add_argument("--out", type=Path, default=None, metavar="RUN_DIR", help="the run directory (shorthand for --set run.out=DIR)")
+    t.add_argument("--out", type=str, default=None, metavar="RUN_DIR",
+                   help="the run directory, a path or a URI (s3://bucket/runs/NAME, gs://..., hdfs://...) "
+                        "(shorthand for --set run.out=DIR)")
     t.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in the run directory (a corrupt newer one is set aside, "
                         "with a warning)")
     t.add_argument("--overwrite", action="store_true", help="start again in a run directory that holds checkpoints")
@@ -40,6 +42,10 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--no-verify-shards", action="store_true",
                    help="trust the dataset's shards without checking their sha256 against the manifest "
                         "(shorthand for --set data.verify_shards=false; checked once, then cheap, by default)")
+    t.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3-compatible server for s3:// URIs, e.g. http://127.0.0.1:9000 (shorthand for --set "
+                        "storage.s3_endpoint=URL; default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS; "
+                        "credentials only from the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ~/.aws)")
     add_plugin_argument(t)
     r = t.add_argument_group("Ray Train (distributed/ray_train.py)")
     r.add_argument("--workers", type=int, default=0, metavar="N",
@@ -63,14 +69,40 @@ def load_train_config(args: argparse.Namespace):
         overrides.append(f"run.out={json.dumps(str(args.out))}")
     if getattr(args, "no_verify_shards", False):
         overrides.append("data.verify_shards=false")
+    if getattr(args, "s3_endpoint", None):
+        overrides.append(f"storage.s3_endpoint={json.dumps(args.s3_endpoint)}")
     path = args.config
     if path is None:
         if not (args.resume and args.out is not None):
             raise ConfigError("varmem train needs --config FILE (or --resume --out RUN_DIR to continue a run with its own config)")
-        path = args.out / CONFIG_FILE
+        from varmem.episodes.storage import is_remote
+
+        if is_remote(args.out):  # the run's config.yaml on object storage
+            return _remote_config(args.out, getattr(args, "s3_endpoint", None), overrides)
+        path = Path(args.out) / CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"{path} is missing: {args.out} is not a varmem run directory (pass --config FILE)")
     return RunConfig.load(path, overrides)
+
+
+def _remote_config(run_uri: str, endpoint: str | None, overrides: list[str]):
+    """A run's own config.yaml, read from object storage, with the command line's overrides."""
+    import tempfile
+
+    from varmem.distributed.config import CONFIG_FILE, ConfigError, RunConfig
+    from varmem.episodes import storage
+
+    if endpoint:
+        storage.configure(endpoint)
+    where = storage.location(run_uri).child(CONFIG_FILE)
+    if not where.is_file():
+        raise ConfigError(f"{where} is missing: {run_uri} is not a varmem run directory (pass --config FILE)")
+    with tempfile.TemporaryDirectory(prefix="varmem-config-") as tmp:
+        path = Path(tmp) / CONFIG_FILE
+        path.write_bytes(where.read_bytes())
+        config = RunConfig.load(path, overrides)
+    storage.configure(config.storage.s3_endpoint or endpoint)
+    return config
 
 
 def check_launch_flags(args: argparse.Namespace) -> None:
@@ -97,6 +129,13 @@ def _train(args: argparse.Namespace) -> int:
         if args.gpus_per_worker or args.address:
             raise ConfigError("--gpus-per-worker and --address are for Ray runs: add --workers N "
                               "(the in-process trainer uses train.device)")
+        from varmem.episodes.storage import is_remote
+
+        if is_remote(config.run.out):
+            from varmem.distributed.remote_run import train_remote
+
+            train_remote(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+            return 0
         from varmem.distributed.train_loop import TrainContext, train
 
         train(config, resume=args.resume, overwrite=args.overwrite, context=TrainContext(quiet=args.quiet))

@@ -1,13 +1,15 @@
 """The typed run configuration: one YAML file per run, validated on construction, saved with the run.
 
-A run config has six sections::
+A run config has seven sections::
 
     data      where the episodes come from: dataset directory, expected image size, splits (or roles), binarization
     episode   the training and evaluation episode shapes (ways, shots, targets, ...)
     model     the model family (``name``) and its typed config (``varmem.models.registry``)
     optim     Adam and gradient clipping
     train     steps, episodes per step, seed, posterior samples, logging/validation/checkpoint cadence
-    run       the run directory
+    run       the run directory (a path, or a URI on object storage: s3://bucket/runs/NAME)
+    storage   the S3 endpoint for s3:// URIs and the per-node shard cache (nothing secret: credentials come
+              from the environment, varmem.episodes.storage)
 
 Load with :meth:`RunConfig.load` (a YAML file plus ``section.key=value`` overrides, each value
 parsed as YAML and checked against the field's type), save with :meth:`RunConfig.save` (every
@@ -53,7 +55,7 @@ class RunDirError(RuntimeError):
 class DataConfig(Section):
     section: ClassVar[str] = "data"
 
-    dir: str = "data/strokes26"  # dataset directory (`varmem data build ... --out DIR`)
+    dir: str = "data/strokes26"  # dataset directory or URI (s3://, gs://, hdfs://, file://; `varmem data build ... --out DIR`)
     image_size: int = 26  # checked against the dataset's manifest before training; 0 = accept any
     # The splits of the training and of the validation/evaluation episodes: a split name, or a role that
     # every dataset maps to its own split (varmem.episodes.roles): "train" (background | train) and "eval"
@@ -198,11 +200,48 @@ class TrainConfig(Section):
 class RunSection(Section):
     section: ClassVar[str] = "run"
 
-    out: str = "runs/default"  # the run directory: config.yaml, checkpoints/, metrics.jsonl, final_metrics.json
+    # the run directory: config.yaml, checkpoints/, metrics.jsonl, final_metrics.json; a URI (s3://bucket/runs/x) keeps
+    # them on object storage (distributed/remote_run.py), the checkpoints in Ray Train's storage there
+    out: str = "runs/default"
     tensorboard: bool = True  # write TensorBoard events to RUN_DIR/tensorboard (rank 0)
 
     def validate(self) -> None:
         self._require(bool(self.out), "out", "a directory")
+
+
+@dataclass(frozen=True)
+class StorageConfig(Section):
+    """Where URIs lead and where a node keeps the shards it fetches (varmem.episodes.storage, shard_cache).
+    Nothing secret: S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+    AWS_PROFILE, ~/.aws or a role, on every node, never from a config."""
+
+    section: ClassVar[str] = "storage"
+
+    # An S3-compatible server for s3:// URIs (MinIO, Ceph, moto): http://HOST:PORT. "" = AWS_ENDPOINT_URL_S3 or
+    # AWS_ENDPOINT_URL from each process's environment, else AWS itself.
+    s3_endpoint: str = ""
+    # The per-node cache of shards fetched from object storage. "" = VARMEM_CACHE_DIR on each node, else
+    # $XDG_CACHE_HOME/varmem/shards (~/.cache/varmem/shards).
+    cache_dir: str = ""
+    # Its size limit in bytes (least recently used shards go first); 0 = VARMEM_CACHE_BYTES, else 50 GB.
+    cache_bytes: int = 0
+
+    def validate(self) -> None:
+        if self.s3_endpoint:
+            from varmem.episodes.storage import StorageError, check_endpoint
+
+            try:
+                check_endpoint(self.s3_endpoint, "storage.s3_endpoint")
+            except StorageError as exc:
+                raise ConfigError(str(exc)) from None
+        self._require(self.cache_bytes >= 0, "cache_bytes", "≥ 0 (0 = VARMEM_CACHE_BYTES, else 50 GB)")
+
+    def apply(self) -> None:
+        """Make this process's URIs and shard cache follow this section."""
+        from varmem.episodes import shard_cache, storage
+
+        storage.configure(self.s3_endpoint or None)
+        shard_cache.configure(self.cache_dir or None, self.cache_bytes or None)
 
 
 # --- the model section ------------------------------------------------------------------------
@@ -259,7 +298,7 @@ def _switch_family(model: dict[str, Any], old: str, new: str, item: str) -> dict
 
 # --- the run config ---------------------------------------------------------------------------
 
-SECTIONS = ("data", "episode", "model", "optim", "train", "run")
+SECTIONS = ("data", "episode", "model", "optim", "train", "run", "storage")
 
 
 @dataclass(frozen=True)
@@ -270,10 +309,11 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunSection = field(default_factory=RunSection)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def __post_init__(self) -> None:
         for name, cls in (("data", DataConfig), ("episode", EpisodeConfig), ("optim", OptimConfig),
-                          ("train", TrainConfig), ("run", RunSection)):
+                          ("train", TrainConfig), ("run", RunSection), ("storage", StorageConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
         object.__setattr__(self, "model", model_section(self.model))
@@ -310,6 +350,7 @@ class RunConfig:
             optim=OptimConfig.from_dict(data.get("optim")),
             train=TrainConfig.from_dict(train),
             run=RunSection.from_dict(data.get("run")),
+            storage=StorageConfig.from_dict(data.get("storage")),
         )
 
     @classmethod
@@ -371,11 +412,18 @@ class RunConfig:
         return dataclasses.replace(self, data=dataclasses.replace(self.data, **resolved))
 
     def resolve_paths(self, base: str | Path | None = None) -> "RunConfig":
-        """A copy with ``data.dir`` and ``run.out`` absolute (relative to ``base``, default the working
-        directory). Ray workers change directory: resolve in the driver before handing the config over."""
+        """A copy with ``data.dir``, ``run.out`` and ``storage.cache_dir`` absolute (relative to ``base``, default
+        the working directory); a URI stays as it is (a ``file://`` one becomes its path). Ray workers change
+        directory: resolve in the driver before handing the config over."""
+        from varmem.episodes.storage import display, is_remote, is_uri, location
+
         base = Path(base) if base is not None else Path.cwd()
 
         def absolute(p: str) -> str:
+            if is_remote(p):
+                return display(p) if "?" not in p else p  # the URI, a pathlib-mangled one repaired
+            if is_uri(p):
+                return location(p).path
             p = Path(p).expanduser()
             return str(p if p.is_absolute() else (base / p).resolve())
 
@@ -383,6 +431,8 @@ class RunConfig:
             self,
             data=dataclasses.replace(self.data, dir=absolute(self.data.dir)),
             run=dataclasses.replace(self.run, out=absolute(self.run.out)),
+            storage=dataclasses.replace(self.storage, cache_dir=absolute(self.storage.cache_dir)
+                                        if self.storage.cache_dir else ""),
         )
 
     # --- serialization ------------------------------------------------------------------------
@@ -394,13 +444,21 @@ class RunConfig:
             "optim": self.optim.to_dict(),
             "train": self.train.to_dict(),
             "run": self.run.to_dict(),
+            "storage": self.storage.to_dict(),
         }
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
 
     def save(self, run_dir: str | Path) -> Path:
-        """Write ``run_dir/config.yaml`` atomically (every default filled in); returns the path."""
+        """Write ``run_dir/config.yaml`` atomically (every default filled in); returns the path. ``run_dir``
+        may be a URI or a :class:`varmem.episodes.storage.Location` (one PUT on object storage)."""
+        from varmem.episodes.storage import Location, is_remote, location
+
+        if isinstance(run_dir, Location) or is_remote(run_dir):
+            target = location(run_dir).child(CONFIG_FILE)
+            target.write_text(self.to_yaml())
+            return target  # type: ignore[return-value]
         path = Path(run_dir) / CONFIG_FILE
         atomic_write_text(path, self.to_yaml())
         return path

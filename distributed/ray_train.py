@@ -18,6 +18,14 @@ newest ``RUN_DIR/checkpoints/ckpt-*.pt`` (the steps since it are trained again, 
 episodes and noise). Each fit has its own Ray run name, so a new fit never picks up a stale
 checkpoint by name; ``--resume`` continues from the newest ``RUN_DIR/checkpoints/ckpt-*.pt``, in
 process or on Ray alike (Ray 2.60 refuses ``TorchTrainer(resume_from_checkpoint=...)``).
+
+A run directory on object storage (``run.out`` a URI, distributed/remote_run.py) is Ray Train's storage
+itself: ``RunConfig(storage_path=RUN_URI, name="checkpoints", storage_filesystem=...)``, so each checkpoint
+is stored once, in ``RUN_URI/checkpoints/checkpoint_N/``; the workers keep node-local working copies and
+upload the logs. The storage's filesystem is handed to Ray with the endpoint but without credentials:
+every node reads its own (AWS_ACCESS_KEY_ID, ... in its environment). ``--resume`` hands the workers the
+newest intact checkpoint there (``resume_from``), and the driver prunes the checkpoints of earlier fits
+to ``train.keep_checkpoints`` at the end.
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ from varmem.distributed.resume import check_run
 from varmem.distributed.run import build_model
 from varmem.distributed.rundir import FINAL_FILE, clear_run_dir
 from varmem.episodes.errors import DataError
+from varmem.episodes.storage import is_remote
 
 RAY_DIR = "ray"  # Ray Train's storage inside the run directory
 DEFAULT_MAX_FAILURES = 2
@@ -82,7 +91,9 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
     config = config.resolve_paths()
     run_dir = Path(config.run.out)
 
-    # 1. everything that needs no cluster and writes nothing
+    remote = is_remote(config.run.out)
+
+    # 1. everything that needs no cluster and writes nothing (a resume may set a corrupt checkpoint aside)
     dataset, source, ckpt = check_run(config, resume=resume, overwrite=overwrite)
     build_model(config, dataset.image_shape)  # the model section builds (a bad factory fails here, not in a worker)
     if ckpt is not None and int(ckpt.get("world_size", 1)) != launch.workers:
@@ -105,12 +116,25 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
         from varmem.models.registry import loaded_plugins
 
         # 3. the run directory (nothing was written before this point) and Ray's storage in it, one name per fit
-        if overwrite and source is None:
-            clear_run_dir(run_dir)  # here, not in a worker: a restarted worker must find this fit's checkpoints
-        storage = run_dir / RAY_DIR
-        shutil.rmtree(storage, ignore_errors=True)  # earlier fits' copies of checkpoints that RUN_DIR/checkpoints holds
-        storage.mkdir(parents=True)
-        name = _dt.datetime.now().strftime("fit-%Y%m%d-%H%M%S-%f")
+        if remote:  # the run's own storage is Ray's: RUN_URI/checkpoints, one name for every fit
+            from varmem.distributed.remote_run import CHECKPOINTS, RemoteRun
+
+            remote_run = RemoteRun(config.run.out)
+            if overwrite and source is None:
+                remote_run.clear()
+            remote_run.forget_ray_state()  # a fit starts from the checkpoint handed to it, not Ray's record
+            storage_path, storage_fs, name = remote_run.location.path, remote_run.location.fs, CHECKPOINTS
+            storage = remote_run.checkpoints
+            run_dir = remote_run.uri  # type: ignore[assignment]
+        else:
+            if overwrite and source is None:
+                clear_run_dir(run_dir)  # here, not in a worker: a restarted worker must find this fit's checkpoints
+            storage = run_dir / RAY_DIR
+            shutil.rmtree(storage, ignore_errors=True)  # earlier fits' copies of checkpoints that RUN_DIR/checkpoints holds
+            storage.mkdir(parents=True)
+            name = _dt.datetime.now().strftime("fit-%Y%m%d-%H%M%S-%f")
+            storage_path, storage_fs = str(storage), None
+        where = storage if remote else storage / name
 
         tc = config.train
         emit(f"Ray {ray.__version__}: cluster {resources['address']} with {resources['CPU']:g} CPUs, {resources['GPU']:g} GPUs; "
@@ -118,18 +142,19 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
              f"DDP over {launch.backend}, "
              f"{'restarts' if launch.max_failures < 0 else f'up to {launch.max_failures} restart(s)'} from the last checkpoint")
         emit(f"  global batch {tc.episodes_per_step}×{launch.workers} = {tc.episodes_per_step * launch.workers} episodes "
-             f"per step; run directory {run_dir}; Ray storage {storage / name}")
+             f"per step; run directory {run_dir}; Ray storage {where}")
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"config": config.to_dict(), "quiet": quiet, "report_logs": report_logs,
-                               "plugins": loaded_plugins()},  # model-family plugins (--plugin): loaded in every worker
+                               "plugins": loaded_plugins(),  # model-family plugins (--plugin): loaded in every worker
+                               "resume_from": str(source) if remote and source is not None else None},
             torch_config=TorchConfig(backend=launch.backend),
             scaling_config=ScalingConfig(
                 num_workers=launch.workers, use_gpu=launch.gpus_per_worker > 0,
                 resources_per_worker={"CPU": launch.cpus_per_worker,
                                       **({"GPU": launch.gpus_per_worker} if launch.gpus_per_worker > 0 else {})}),
             run_config=RayRunConfig(
-                name=name, storage_path=str(storage),
+                name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                 failure_config=FailureConfig(max_failures=launch.max_failures,
                                              controller_failure_limit=max(1, launch.max_failures)),
                 checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
@@ -148,13 +173,18 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
             raise
         if result.error is not None:  # fit() raises in Ray 2.60; kept for versions that return the error
             raise _user_error(result.error) or result.error
-        final = json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
+        if remote:
+            remote_run.prune(tc.keep_checkpoints)  # checkpoints of earlier fits that Ray's record no longer holds
+            final = remote_run.read_final()
+        else:
+            final = json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
         final["ray"] = {
-            "storage": str(storage / name), "fit_s": time.perf_counter() - t0, "workers": launch.workers,
+            "storage": str(where), "fit_s": time.perf_counter() - t0, "workers": launch.workers,
             "gpus_per_worker": launch.gpus_per_worker, "backend": launch.backend, "address": resources["address"],
-            "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
+            "checkpoint": (None if result.checkpoint is None else remote_run.checkpoints.child(
+                Path(result.checkpoint.path).name).uri if remote else result.checkpoint.path),
         }
-        emit(f"Ray fit done in {final['ray']['fit_s']:.0f} s; its checkpoints: {storage / name}")
+        emit(f"Ray fit done in {final['ray']['fit_s']:.0f} s; its checkpoints: {where}")
         return final
 
 
@@ -188,8 +218,10 @@ def check_job_paths(config: RunConfig) -> None:
     (``data/`` and ``runs/`` are not uploaded, and what is written there is lost): ask for absolute ones."""
     if not in_ray_job():
         return
+    from varmem.episodes.storage import is_uri
+
     relative = [f"{name}={value!r}" for name, value in (("data.dir", config.data.dir), ("run.out", config.run.out))
-                if not Path(value).expanduser().is_absolute()]
+                if not is_uri(value) and not Path(value).expanduser().is_absolute()]
     if relative:
         raise ConfigError(
             f"inside a Ray job the working directory is Ray's temporary copy ({os.getcwd()}): "

@@ -39,7 +39,9 @@ def resolve_device(name: torch.device | str | None, config: RunConfig) -> torch.
 
 
 def open_dataset(config: RunConfig) -> Dataset:
-    """The config's dataset, its image size checked, both splits able to supply the config's episodes."""
+    """The config's dataset (a path or a URI), its image size checked, both splits able to supply the config's
+    episodes. The config's ``storage`` section (S3 endpoint, shard cache) applies to this process from here on."""
+    config.storage.apply()
     dataset = Dataset.open(config.data.dir, verify=None if config.data.verify_shards else False)
     size = config.data.image_size
     if size and tuple(dataset.image_shape) != (size, size):
@@ -84,21 +86,21 @@ class LoadedRun:
     torch's global RNG; an int draws from a forked RNG seeded with it (the caller's RNG untouched).
     """
 
-    run_dir: Path
+    run_dir: Path  # or the Location of a run directory on object storage (str(): its URI)
     config: RunConfig
     model: FewShotModel
     step: int
-    checkpoint: Path
+    checkpoint: Path  # or a Location on object storage
     device: torch.device
     image_shape: tuple[int, int]  # (H, W) of the model
-    data_dir: Path
+    data_dir: Path | str  # a path or a URI
     _dataset: Dataset | None = field(default=None, repr=False)
 
     @property
     def dataset(self) -> Dataset:
         """The dataset evaluation reads, opened on first use; its image size checked against the model's."""
         if self._dataset is None:
-            if self.data_dir == Path(self.config.data.dir):
+            if same_place(self.data_dir, self.config.data.dir):
                 self._dataset = open_dataset(self.config)
             else:
                 self._dataset = Dataset.open(self.data_dir, verify=None if self.config.data.verify_shards else False)
@@ -125,7 +127,7 @@ class LoadedRun:
                            else f"the dataset's eval split: the run's eval split {own!r} is not in it")
         except DataError:
             split = dataset.roles.get("eval")
-            if split is None and len(dataset.split_names) == 1 and self.data_dir.resolve() != Path(self.config.data.dir).resolve():
+            if split is None and len(dataset.split_names) == 1 and not same_place(self.data_dir, self.config.data.dir):
                 # another dataset with one split (e.g. an Omniglot release build of one background zip): none of
                 # its classes were trained on, so all of it is held out for this run
                 only = dataset.split_names[0]
@@ -207,6 +209,42 @@ def _image_shape(config: RunConfig, state: dict[str, Any], source: Path) -> tupl
                           f"is needed to tell it: {exc}") from None
 
 
+def same_place(a: str | Path, b: str | Path) -> bool:
+    """Whether two dataset paths or URIs name the same place (paths resolved, URIs compared as written)."""
+    from varmem.episodes.storage import display, is_uri
+
+    if is_uri(a) or is_uri(b):
+        return display(a) == display(b)
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _place(value: str | Path) -> Path | str:
+    """A dataset argument as LoadedRun keeps it: a URI as a string (its pathlib mangling repaired), a path as a Path."""
+    from varmem.episodes.storage import is_remote, normalize
+
+    return normalize(value) if is_remote(value) else Path(value)
+
+
+def _remote_run_config(where) -> RunConfig:
+    """A run's config.yaml on object storage (``where``: the run's Location)."""
+    from varmem.distributed.config import parse_yaml
+
+    path = where.child(CONFIG_FILE)
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: {where} is not a varmem run directory")
+    try:
+        text = path.read_bytes(max_bytes=16 << 20).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    raw = parse_yaml(text, f"config file {path}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    try:
+        return RunConfig.from_dict(raw, legacy=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None,
              data: str | Path | None = None, verify_shards: bool | None = None) -> LoadedRun:
     """Open ``run_dir`` (its config.yaml and newest checkpoint, or ``checkpoint``): the model in eval mode.
@@ -215,19 +253,39 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     dataset evaluation reads (default the config's ``data.dir``), opened now and checked to hold images
     of the model's size (a DataError naming both sizes otherwise). ``verify_shards``: overrides the run's
     ``data.verify_shards`` (check the shards' sha256 when the dataset is opened).
+
+    ``run_dir``, ``checkpoint`` and ``data`` may be URIs (``s3://bucket/runs/NAME``: distributed/remote_run.py;
+    the S3 endpoint from the environment, AWS_ENDPOINT_URL, or the run's own ``storage.s3_endpoint``).
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} " + ("is a file, not a run directory (give the folder that holds config.yaml and "
-                                           "checkpoints/)" if run_dir.exists() else "does not exist"))
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"{run_dir / CONFIG_FILE} is missing: {run_dir} is not a varmem run directory")
-    config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
+    from varmem.episodes.storage import Location, is_remote, is_uri, location, normalize
+
+    remote = isinstance(run_dir, Location) or is_remote(run_dir)
+    if remote:
+        run_dir = location(run_dir)  # type: ignore[assignment]
+        config = _remote_run_config(run_dir)
+        if config.storage.s3_endpoint:  # the run's own endpoint (else the one that found its config)
+            config.storage.apply()
+    else:
+        run_dir = location(run_dir).local_path if is_uri(run_dir) else Path(run_dir)
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} " + ("is a file, not a run directory (give the folder that holds config.yaml and "
+                                               "checkpoints/)" if run_dir.exists() else "does not exist"))
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError(f"{run_dir / CONFIG_FILE} is missing: {run_dir} is not a varmem run directory")
+        config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
     if verify_shards is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, verify_shards=verify_shards))
     if checkpoint is not None:
-        source = Path(checkpoint)
+        source = location(checkpoint) if is_remote(checkpoint) else Path(normalize(checkpoint))
         state = load_checkpoint(source)
+    elif remote:
+        from varmem.distributed.remote_run import RemoteRun
+
+        found = RemoteRun(run_dir).newest_intact(using="evaluating")
+        if found is None:
+            raise ConfigError(f"{run_dir}/checkpoints holds no checkpoint_N/ckpt-N.pt: the run has not reached its first "
+                              "checkpoint (train.checkpoint_every); train it first")
+        source, state = found
     else:
         found = newest_intact_checkpoint(run_dir, using="evaluating")
         if found is None:
@@ -242,7 +300,8 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     model.load_state_dict(state["model"])
     model.to(dev).eval()
     run = LoadedRun(run_dir=run_dir, config=config, model=model, step=int(state["step"]), checkpoint=source, device=dev,
-                    image_shape=image_shape, data_dir=Path(data) if data is not None else Path(config.data.dir))
+                    image_shape=image_shape,
+                    data_dir=_place(data if data is not None else config.data.dir))
     if data is not None:
         run.dataset  # noqa: B018  (opened and its image size checked now: a wrong --data fails before anything runs)
     return run
@@ -278,8 +337,11 @@ def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, se
     say = Progress((lambda line: print(line, file=sys.stderr, flush=True)) if progress else None)
     options = dict(protocol_options or {})
     if options.get("out_dir") is None:
-        own = run.data_dir == Path(config.data.dir) and split == config.data.eval_split
-        options["out_dir"] = run.run_dir / ("evaluation" if own else f"evaluation-{dataset.directory.name}-{split}")
+        own = same_place(run.data_dir, config.data.dir) and split == config.data.eval_split
+        name = "evaluation" if own else f"evaluation-{dataset.directory.name}-{split}"
+        # a run on object storage: its pictures go to a local folder named after it (the protocol writes files)
+        options["out_dir"] = (Path.cwd() / f"{run.run_dir.name}-{name}" if not isinstance(run.run_dir, Path)
+                              else run.run_dir / name)
     plan = protocol.plan(run.model, dataset, split, binarize=config.data.binarize, threshold=config.data.threshold,
                          seed=seed, chunk=config.train.chunk, samples=samples, episodes=table_episodes, **options)
     likelihood = run.model.supports(Capability.LIKELIHOOD)

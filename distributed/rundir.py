@@ -127,6 +127,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's state, verified: its sha256 record and every record's CRC-32 are checked first.
     A checkpoint without a sha256 record (written before varmem stored one) loads, with a warning once
     per directory. CorruptCheckpoint (a RunDirError) when the file cannot be trusted."""
+    from varmem.episodes.storage import Location, StorageError, is_remote, location
+
+    if isinstance(path, Location) or is_remote(path):  # a checkpoint on object storage (distributed/remote_run.py)
+        where = location(path)
+        try:
+            data = where.read_bytes()
+        except StorageError as exc:  # a missing file is the caller's mistake; a failing server stays a StorageError
+            if "missing" in str(exc):
+                raise ConfigError(f"checkpoint {exc}") from None
+            raise
+        return checkpoint_from_bytes(data, where.uri, where.parent.uri)
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} " + ("is a directory, not a ckpt-*.pt file" if path.is_dir() else "does not exist"))
@@ -134,6 +145,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         data = path.read_bytes()
     except OSError as exc:
         raise CorruptCheckpoint(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from None
+    return checkpoint_from_bytes(data, str(path), str(path.parent))
+
+
+def checkpoint_from_bytes(data: bytes, path: str, folder: str) -> dict[str, Any]:
+    """A checkpoint's state from its bytes (read from ``path`` in ``folder``), verified as :func:`load_checkpoint` says."""
     problem, hashed = verify_checkpoint_bytes(data)
     if problem is not None:
         raise CorruptCheckpoint(f"checkpoint {path} is corrupt: {problem}")
@@ -146,8 +162,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CorruptCheckpoint(f"checkpoint {path} is not a varmem checkpoint of format {CHECKPOINT_FORMAT}")
     if not (isinstance(state.get("step"), int) and isinstance(state.get("config"), dict) and isinstance(state.get("model"), dict)):
         raise CorruptCheckpoint(f"checkpoint {path} lacks its step, config or model")
-    if not hashed and str(path.parent) not in _UNHASHED_WARNED:
-        _UNHASHED_WARNED.add(str(path.parent))
+    if not hashed and folder not in _UNHASHED_WARNED:
+        _UNHASHED_WARNED.add(folder)
         warn(f"checkpoint {path} has no sha256 record (written by an older varmem): loaded without an integrity "
              "check; the checkpoints written from now on carry one")
     return state

@@ -310,7 +310,9 @@ class Trainer:
         self.max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
         self.log_m = {"train": math.log(config.train_spec().memory_size), "val": math.log(config.eval_spec().memory_size)}
         self.width = len(str(tc.steps))
-        self.last_train: dict[str, Any] = {}
+        # the last logged training row: a run resumed at its last step (a Ray worker group restarted after the
+        # final checkpoint) reports the one its checkpoint holds
+        self.last_train: dict[str, Any] = dict((ckpt or {}).get("metrics") or {})
         self.last_val: dict[str, Any] = {}
         self.last_ckpt: Path | None = None
         self.writer = None  # TensorBoard events (rank 0, run.tensorboard)

@@ -18,6 +18,13 @@
   that dies right after a checkpoint can take its last report with it before Ray's controller
   collects it (seen here: a kill one step after the step-2 checkpoint left Ray with none), while
   rank 0's file is on disk. The run directory must be on a filesystem every worker sees.
+
+A run directory on object storage (``run.out`` a URI: distributed/remote_run.py) is a node-local working
+copy for the training loop instead, and the storage holds the run: rank 0 uploads metrics.jsonl and the
+TensorBoard events (at checkpoints, at the end, and every ``PUSH_EVERY_S`` while it logs), Ray Train
+stores each checkpoint once, in ``RUN_URI/checkpoints/`` (the driver's ``RunConfig(storage_path=RUN_URI)``).
+On start every rank takes the newer of Ray's latest checkpoint and the driver's ``--resume`` one, both
+read from the storage, so that ranks on different nodes start from the same step.
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ STAGING_PREFIX = ".ray-staging-"
 class RayTrainContext(TrainContext):
     """A Ray Train worker: world rank and size from ``ray.train``, DDP hooks through ``torch.distributed``."""
 
-    def __init__(self, *, quiet: bool = False, report_logs: bool = False):
+    def __init__(self, *, quiet: bool = False, report_logs: bool = False, sync=None):
         import ray.train
         import ray.train.torch
 
@@ -57,6 +64,12 @@ class RayTrainContext(TrainContext):
         # per log line stalls a fast model's steps. Checkpoints are always reported; log lines only when
         # asked (Ray Tune's schedulers want them).
         self.report_logs = report_logs
+        self.sync = sync  # rank 0 of a run on object storage: a RemoteSync of the local working copy
+
+    def emit(self, line: str) -> None:
+        super().emit(line)
+        if self.sync is not None:  # the run's logs reach the storage while it trains, not only at checkpoints
+            self.sync.maybe_push()
 
     # --- DDP hooks ---
     def prepare_model(self, model):
@@ -113,6 +126,8 @@ class RayTrainContext(TrainContext):
             ray.train.report(metrics, checkpoint=None)
             return
         checkpoint = Path(checkpoint)
+        if self.sync is not None:
+            self.sync.push()  # the logs up to this checkpoint, before Ray stores it
         staging = checkpoint.parent / f"{STAGING_PREFIX}{checkpoint.stem}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -157,13 +172,18 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     from varmem.distributed.config import RunConfig
     from varmem.models.registry import load_plugins
 
+    from varmem.episodes.storage import is_remote
+
     quiet_ray_train_logs()
     load_plugins(loop_config.get("plugins", ()))  # the driver's --plugin families, before the config names one
     config = RunConfig.from_dict(loop_config["config"])
-    run_dir = Path(config.run.out)
+    config.storage.apply()  # the S3 endpoint and this node's shard cache
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     context = RayTrainContext(quiet=bool(loop_config.get("quiet")), report_logs=bool(loop_config.get("report_logs")))
+    if is_remote(config.run.out):
+        return _train_remote(config, context, loop_config.get("resume_from"))
+    run_dir = Path(config.run.out)
     if context.is_main:
         for stale in (run_dir / CHECKPOINT_DIR).glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -186,3 +206,51 @@ def resume_source(run_dir: Path, ray_file: Path | None) -> Path | None:
     intact = newest_intact_checkpoint(run_dir, set_aside=True, using="resuming from") if list_checkpoints(run_dir) else None
     candidates = [c for c in (intact[0] if intact else None, ray_file) if c is not None]
     return max(candidates, key=checkpoint_step) if candidates else None
+
+
+def _train_remote(config, context: RayTrainContext, resume_from: str | None) -> dict[str, Any]:
+    """A worker of a run on object storage (see the module docstring): the loop trains in a fresh node-local
+    working copy, from the newer of Ray's latest checkpoint and the driver's ``resume_from`` (a URI)."""
+    import dataclasses
+
+    import ray.train
+
+    from varmem.distributed.remote_run import RemoteRun, RemoteSync
+    from varmem.distributed.rundir import CorruptCheckpoint, load_checkpoint
+
+    run = RemoteRun(config.run.out)
+    staging = run.fresh_staging(context.rank)
+    local = dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(staging)))
+    restored = ray.train.get_checkpoint()
+    with contextlib.ExitStack() as stack:
+        candidates = []
+        if restored is not None:
+            candidates.append(checkpoint_file(stack.enter_context(restored.as_directory())))
+        if resume_from:
+            incoming = staging.parent / f"incoming-rank-{context.rank}"
+            shutil.rmtree(incoming, ignore_errors=True)
+            incoming.mkdir(parents=True)
+            stack.callback(shutil.rmtree, incoming, True)
+            from varmem.episodes.storage import location
+
+            candidates.append(run.download_checkpoint(location(resume_from), incoming))
+        source = None
+        for candidate in sorted(candidates, key=checkpoint_step, reverse=True):
+            try:
+                load_checkpoint(candidate)  # the same bytes on every rank: every rank makes the same choice
+            except CorruptCheckpoint as exc:
+                context.emit(f"varmem: warning: {exc}; trying an older checkpoint")
+                continue
+            source = candidate
+            break
+        if context.is_main:
+            context.sync = RemoteSync(run, staging, config.to_yaml())
+            if source is not None:
+                run.pull_logs(staging)  # cut at the checkpoint by the loop, as a local resume does
+            context.sync.push_config()
+            context.emit(f"run directory {run.uri} (working copy {staging})"
+                         + (f"; resuming from step {checkpoint_step(source)}" if source is not None else ""))
+        final = train(local, resume=source or False, context=context)
+        if context.is_main:
+            final = context.sync.finish(final)
+        return final

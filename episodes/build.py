@@ -9,6 +9,14 @@ leaves alone those of live builds and of other hosts. A full disk (ENOSPC, EDQUO
 :class:`~varmem.episodes.errors.DiskFullError` naming the folder, the space the dataset needs and
 the space free.
 
+``--out`` may be a URI (``s3://bucket/prefix``, ``gs://``, ``hdfs://``: ``varmem.episodes.storage``). The
+dataset is then built in a local temporary folder as above and published (:func:`publish`): its shards
+and manifest are uploaded under a hidden temporary prefix beside the target
+(``.NAME.building-PID-HEX/``), copied from there into place on the server, shards first and the manifest
+last, and the temporary prefix is removed. A reader never sees a half-written dataset: a prefix without
+its manifest is not a dataset (``--overwrite`` removes the old manifest first, so between the two a reader
+is told the dataset is missing, never given a mix of old and new shards).
+
 Every class needs at least :data:`MIN_IMAGES_PER_CLASS` images (the smallest episode: one shot
 and one target); a class with fewer is refused, naming it.
 """
@@ -38,6 +46,7 @@ from varmem.episodes.roles import roles_by_naming_rule
 from varmem.episodes.shards import schema, write_shard
 from varmem.episodes.sources.base import ClassRecord, Source
 from varmem.episodes.splits import SplitPolicy
+from varmem.episodes.storage import Location, is_remote, location, staging_name
 from varmem.progress import progress as progress_bar
 
 SPLIT_ORDER = ("background", "evaluation", "train", "test", "all", "lake-runs")
@@ -244,8 +253,13 @@ def build_dataset(
 ) -> dict[str, Any]:
     """Build a class-sharded dataset from ``source`` at ``out``; returns the manifest. ``progress``: a bar
     over the classes on a terminal (``varmem.progress``); the manifest maps the roles train / eval to
-    the splits by the naming rule (``varmem.episodes.roles``)."""
-    out = Path(out)
+    the splits by the naming rule (``varmem.episodes.roles``). ``out`` may be a URI (built locally, then
+    :func:`publish` ed)."""
+    if is_remote(out):
+        return _build_remote(out, overwrite, lambda local: build_dataset(
+            source, local, preprocessing=preprocessing, split=split, workers=workers, shard_bytes=shard_bytes,
+            progress=progress))
+    out = local_target(out)
     t0 = time.perf_counter()
     records = source.classes()
     if not records:
@@ -348,7 +362,10 @@ def _stamp_and_write(tmp: Path, manifest: dict[str, Any]) -> None:
 def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, overwrite: bool = False,
                     progress: bool = True) -> dict[str, Any]:
     """Build the official one-shot runs as fixed 20-way 1-shot episodes (split ``lake-runs``, no role)."""
-    out = Path(out)
+    if is_remote(out):
+        return _build_remote(out, overwrite, lambda local: build_lake_runs(source, local, preprocessing=preprocessing,
+                                                                          progress=progress))
+    out = local_target(out)
     t0 = time.perf_counter()
     runs = source.runs()
     if not runs:
@@ -394,3 +411,62 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
         manifest["build"] = {"seconds": round(time.perf_counter() - t0, 3)}
         _stamp_and_write(tmp, manifest)
     return manifest
+
+
+# --- datasets on object storage -----------------------------------------------------------------
+def local_target(out: "str | Path") -> Path:
+    """A local ``--out``: a path, or a ``file://`` URI's path."""
+    from varmem.episodes.storage import is_uri
+
+    return location(out).local_path if is_uri(out) else Path(out)
+
+
+def _build_remote(out: str, overwrite: bool, build_local) -> dict[str, Any]:
+    """Build with ``build_local(local_dir)`` in a local temporary folder, then :func:`publish` it to ``out``."""
+    import tempfile
+
+    from varmem.episodes.manifest import MANIFEST
+
+    target = location(out)
+    if target.child(MANIFEST).exists() and not overwrite:
+        raise DataError(f"{target} already holds a dataset; pass --overwrite to replace it")
+    with tempfile.TemporaryDirectory(prefix="varmem-build-") as tmp:
+        local = Path(tmp) / (target.name or "dataset")
+        manifest = build_local(local)
+        t0 = time.perf_counter()
+        publish(local, target, overwrite=overwrite)
+        manifest.setdefault("build", {})["publish_s"] = round(time.perf_counter() - t0, 3)
+    return manifest
+
+
+def publish(local: Path, target: Location, *, overwrite: bool = False) -> None:
+    """Publish the complete dataset folder ``local`` at ``target`` on object storage, so that no reader sees
+    it half-written: upload everything under a hidden temporary prefix beside ``target`` (shards first, the
+    manifest last), then copy it into place on the server (shards, then the manifest), then remove the
+    temporary prefix and, with ``overwrite``, the old dataset's files that the new one does not have. An
+    existing dataset's manifest is deleted before its shards are replaced. On any error the temporary prefix
+    is removed and ``target`` is left as it was (or, once its old manifest is gone, without a manifest)."""
+    from varmem.episodes.manifest import MANIFEST
+    from varmem.episodes.stamps import STAMP_FILE
+
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*")
+                   if p.is_file() and p.name not in (STAMP_FILE, BUILDER_FILE))
+    if MANIFEST not in files:
+        raise DataError(f"{local} holds no {MANIFEST}: not a complete dataset to publish")
+    order = [f for f in files if f != MANIFEST] + [MANIFEST]  # the manifest last: a dataset exists once it does
+    staging = target.parent.child(staging_name(target.name))
+    try:
+        staging.child(BUILDER_FILE).write_text(json.dumps(builder_record()) + "\n")
+        for rel in order:
+            staging.child(*rel.split("/")).upload(local / rel)
+        old = {rel for rel, _ in target.files()} if target.exists() or target.is_dir() else set()
+        if MANIFEST in old:
+            if not overwrite:
+                raise DataError(f"{target} already holds a dataset; pass --overwrite to replace it")
+            target.child(MANIFEST).delete()  # the old dataset is gone for readers before any shard changes
+        for rel in order:
+            staging.child(*rel.split("/")).copy_to(target.child(*rel.split("/")))
+        for rel in sorted(old - set(files) - {MANIFEST}):
+            target.child(*rel.split("/")).delete()
+    finally:
+        staging.delete_tree()

@@ -37,7 +37,9 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--source", required=True, choices=SOURCES,
                    help="strokes: the embedded procedural characters (no files); omniglot: the release zips or "
                         "folders; lake-runs: Lake's all_runs.zip; folder: any ROOT/<class>/<image> tree")
-    b.add_argument("--out", required=True, type=Path, help="dataset directory to create")
+    b.add_argument("--out", required=True, type=_target,
+                   help="dataset directory to create: a path, or a URI (s3://bucket/prefix, gs://..., hdfs://...), "
+                        "published atomically")
     b.add_argument("--path", action="append", type=Path, default=[],
                    help="omniglot: zip or folder (repeatable); lake-runs: all_runs.zip or folder; folder: the root")
     b.add_argument("--size", type=int, default=26, help="image size: 26 = crop 104 + 4×4 max-pool (VMA), 28 = antialiased resize")
@@ -61,26 +63,29 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--workers", type=int, default=None, help="processes that load and preprocess (default: all cores, at most 8)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset directory")
     b.add_argument("--quiet", action="store_true", help="no progress bar and no 'building' line")
+    _storage_arguments(b)
     b.set_defaults(func=_build)
 
     i = dsub.add_parser("info", help="classes, images, shards and bytes per split",
                         description="Classes, images, shards and bytes per split, and the split roles (reads the "
                                     "manifest only).", formatter_class=HelpFormatter)
-    i.add_argument("dir", type=Path, help="dataset directory")
+    i.add_argument("dir", type=_target, help="dataset directory or URI (s3://..., gs://..., hdfs://..., file://...)")
     i.add_argument("--json", action="store_true", help="print the information as JSON")
+    _storage_arguments(i)
     i.set_defaults(func=_info)
 
     v = dsub.add_parser("verify", help="check every shard against the manifest's checksums and row counts",
                         description="Hash every shard and check it against the manifest (size, sha256, rows, image "
                                     "width, class ids). Exit status 0: all match; 1: some do not (each is listed); "
                                     "2: the manifest itself is wrong.", formatter_class=HelpFormatter)
-    v.add_argument("dir", type=Path, help="dataset directory")
+    v.add_argument("dir", type=_target, help="dataset directory or URI (on object storage every shard is fetched again)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
+    _storage_arguments(v)
     v.set_defaults(func=_verify)
 
     s = dsub.add_parser("show", help="draw a grid of classes, or one sampled episode, to a PNG",
                         description="Draw a grid of classes, or one sampled episode, to a PNG.", formatter_class=HelpFormatter)
-    s.add_argument("dir", type=Path, help="dataset directory")
+    s.add_argument("dir", type=_target, help="dataset directory or URI")
     s.add_argument("--out", required=True, type=Path, help="PNG file to write")
     s.add_argument("--split", default=None, help="a split or a role (train, eval) (default: the first split)")
     s.add_argument("--classes", type=int, default=8, help="grid: rows (classes)")
@@ -94,9 +99,29 @@ def add_data_command(sub: argparse._SubParsersAction) -> None:
                    help="episode: classes from any alphabet, or all from one")
     s.add_argument("--index", type=int, default=0, help="episode index (episodes are a pure function of seed and index)")
     s.add_argument("--seed", type=int, default=0, help="seed of the episode, or of the grid's choice of classes")
-    s.add_argument("--compare", type=Path, action="append", default=[], metavar="DIR",
+    s.add_argument("--compare", type=_target, action="append", default=[], metavar="DIR",
                    help="grid: draw these datasets' grids beside the first (same split name or their first)")
+    _storage_arguments(s)
     s.set_defaults(func=_show)
+
+
+def _target(text: str) -> str:
+    """A dataset argument: a local path or a URI, kept as written (``pathlib`` would turn s3:// into s3:/)."""
+    return text
+
+
+def _storage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3-compatible server for s3:// URIs, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL_S3 "
+                        "or AWS_ENDPOINT_URL, else AWS; credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+                        "~/.aws, never a flag)")
+
+
+def configure_storage(args: argparse.Namespace) -> None:
+    """``--s3-endpoint`` for this process's URIs (varmem.episodes.storage)."""
+    from varmem.episodes import storage
+
+    storage.configure(getattr(args, "s3_endpoint", None))
 
 
 def make_source(args: argparse.Namespace):
@@ -136,6 +161,7 @@ def _build(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise DataError(f"--workers must be ≥ 1, got {args.workers}")
+    configure_storage(args)
     pre = Preprocessing(size=args.size, method=args.preprocess) if args.preprocess else Preprocessing.default(args.size)
     source = make_source(args)
     if args.source == "lake-runs":
@@ -150,8 +176,11 @@ def _build(args: argparse.Namespace) -> int:
         manifest = build_dataset(source, args.out, preprocessing=pre, split=policy, overwrite=args.overwrite,
                                  workers=args.workers, progress=not args.quiet)
     from varmem.episodes.dataset import Dataset
+    from varmem.episodes.storage import is_remote
 
-    _print_info(Dataset(args.out.resolve(), manifest).info())
+    # a published dataset: its info as a reader sees it (the manifest read back from the server)
+    ds = Dataset.open(args.out, verify=False) if is_remote(args.out) else Dataset(Path(args.out).resolve(), manifest)
+    _print_info(ds.info())
     print(f"built in {manifest['build']['seconds']:.1f} s")
     for note in small_class_notes(manifest):
         print(f"note: {note}")
@@ -189,6 +218,7 @@ def _print_info(info: dict) -> None:
 def _info(args: argparse.Namespace) -> int:
     from varmem.episodes.dataset import Dataset
 
+    configure_storage(args)
     info = Dataset.open(args.dir, verify=False).info()  # the manifest only, checked; no shard is read
     if args.json:
         print(json.dumps(info, indent=2))
@@ -200,6 +230,7 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from varmem.episodes.dataset import Dataset
 
+    configure_storage(args)
     ds = Dataset.open(args.dir, verify=False)  # verify() hashes every shard itself
     problems = ds.verify(quiet=args.quiet)
     n = sum(len(s["shards"]) for s in ds.manifest["splits"].values())
@@ -229,6 +260,7 @@ def _show(args: argparse.Namespace) -> int:
     from varmem.episodes import show
     from varmem.episodes.dataset import Dataset
 
+    configure_storage(args)
     ds = Dataset.open(args.dir)
     if args.episode:
         if args.compare:

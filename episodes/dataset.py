@@ -11,6 +11,12 @@ Opening checks the manifest (``varmem.episodes.manifest``) and, unless ``verify=
 ``VARMEM_VERIFY_SHARDS=0``, every shard against it — sha256, rows, image width, class ids — at the
 cost of a ``stat`` per shard once a shard has passed (``varmem.episodes.stamps``). A shard that
 fails is a DataError naming it and saying to rebuild or run ``varmem data verify``.
+
+DIR may be a URI (``s3://bucket/prefix``, ``gs://``, ``hdfs://``, ``file://``: ``varmem.episodes.storage``).
+A dataset on object storage is opened from its manifest alone; a split's shards are fetched when the
+split is first used, into the node's shard cache (``varmem.episodes.shard_cache``: keyed and verified
+by the manifest's sha256, one download per node), and memory-mapped from there. ``dataset.directory``
+is then the dataset's :class:`~varmem.episodes.storage.Location` (``str()`` is its URI).
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from varmem.episodes.manifest import read_manifest, shard_path
 from varmem.episodes.roles import manifest_roles, resolve_split
 from varmem.episodes.shards import IMAGE_COLUMN, Shard, open_shard, sha256_file
 from varmem.episodes.stamps import Stamps, entry_digest, stat_record, verify_enabled
+from varmem.episodes.storage import Location, is_uri, location
 
 
 @dataclass
@@ -78,17 +85,26 @@ class Split:
 class Dataset:
     """A varmem dataset directory (see ``varmem.episodes.manifest`` for the layout)."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]):
-        self.directory = directory
+    def __init__(self, directory: "Path | Location", manifest: dict[str, Any], cache=None):
+        self.directory = directory  # a Path, or the Location of a dataset on object storage
         self.manifest = manifest
+        self.remote = isinstance(directory, Location) and not directory.is_local
+        self._cache = cache  # the shard cache of a remote dataset (default: this process's, shard_cache.default_cache)
         self.image_shape: tuple[int, int] = tuple(manifest["image_shape"])  # type: ignore[assignment]
         self._splits: dict[str, Split] = {}
         self.roles: dict[str, str] = manifest_roles(manifest, str(directory / "manifest.json"))  # role → split
 
     @classmethod
-    def open(cls, directory: str | Path, verify: bool | None = None) -> "Dataset":
-        """Open ``directory``: read and check its manifest, then (``verify``; default: on unless
-        ``VARMEM_VERIFY_SHARDS=0``) check its shards against it (:meth:`check_shards`)."""
+    def open(cls, directory: "str | Path | Location", verify: bool | None = None, *, cache=None) -> "Dataset":
+        """Open ``directory`` (a path or a URI): read and check its manifest, then (``verify``; default: on
+        unless ``VARMEM_VERIFY_SHARDS=0``) check its shards against it (:meth:`check_shards`). On object
+        storage only the manifest is read here: shards are verified as they are fetched into ``cache``
+        (default: this process's :func:`~varmem.episodes.shard_cache.default_cache`)."""
+        if isinstance(directory, Location) or is_uri(directory):
+            where = location(directory)
+            if not where.is_local:
+                return cls(where, read_manifest(where), cache=cache)
+            directory = where.local_path
         directory = Path(directory).expanduser().resolve()
         dataset = cls(directory, read_manifest(directory))
         if verify_enabled(verify):
@@ -177,9 +193,25 @@ class Dataset:
             }
         return out
 
-    def shard_file(self, entry: dict[str, Any], field: str = "shard file") -> Path:
+    @property
+    def cache(self):
+        """The shard cache a remote dataset fetches into."""
+        if self._cache is None:
+            from varmem.episodes.shard_cache import default_cache
+
+            self._cache = default_cache()
+        return self._cache
+
+    def shard_file(self, entry: dict[str, Any], field: str = "shard file", *, refetch: bool = False) -> Path:
         """The path of a shard entry, checked to be inside the dataset folder and a regular file
-        (``varmem.episodes.manifest.shard_path``; it may be missing)."""
+        (``varmem.episodes.manifest.shard_path``; it may be missing). On object storage: its verified entry
+        in the shard cache, fetched first when the cache has none (or ``refetch``)."""
+        if self.remote:
+            from varmem.episodes.manifest import check_file_name
+
+            file = check_file_name(entry["file"], field, str(self.directory / "manifest.json"))
+            return self.cache.fetch(self.directory.child(*file.split("/")), entry["sha256"], entry.get("bytes"),
+                                    refetch=refetch)
         return shard_path(self.directory, entry["file"], field)
 
     def _entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -191,7 +223,11 @@ class Dataset:
     def check_shards(self) -> None:
         """Check every shard against the manifest, skipping those whose verified stamp still matches
         (``varmem.episodes.stamps``); stamp those that pass. DataError naming the first shard that
-        does not, saying to rebuild the dataset or run ``varmem data verify``."""
+        does not, saying to rebuild the dataset or run ``varmem data verify``. A dataset on object storage
+        checks each shard as it is fetched (its size and sha256, before it enters the cache) and its rows
+        and class ids as it is opened: nothing to do here."""
+        if self.remote:
+            return
         stamps = Stamps(self.directory)
         todo = []
         for field, entry in self._entries():
@@ -226,6 +262,13 @@ class Dataset:
 
         entries = list(self._entries())
         total = sum(int(entry.get("bytes") or 0) for _, entry in entries)
+        if self.remote:  # every shard fetched from the server again and checked on the way into the cache
+            problems = []
+            with progress(total=total or None, desc="verifying", unit="B", unit_scale=True, quiet=quiet) as bar:
+                for field, entry in entries:
+                    problems.extend(self._check_remote_shard(field, entry))
+                    bar.update(int(entry.get("bytes") or 0))
+            return problems
         stamps = Stamps(self.directory)
         with progress(total=total or None, desc="verifying", unit="B", unit_scale=True, quiet=quiet) as bar:
             problems = self._check_all(entries, stamps, lambda entry: bar.update(int(entry.get("bytes") or 0)))
@@ -289,6 +332,20 @@ class Dataset:
             return [f"{path}: unreadable as an Arrow IPC file ({exc})"], None
         after = os.stat(path)
         return problems, (after if not problems and stat_record(after) == stat_record(before) else None)
+
+    def _check_remote_shard(self, field: str, entry: dict[str, Any]) -> list[str]:
+        """The problems of one shard on object storage: fetched again (size, sha256 checked by the cache),
+        then its table checked as a local one's."""
+        try:
+            path = self.shard_file(entry, f"{field}.file", refetch=True)
+        except DataError as exc:  # a mismatch, or the storage failing (StorageError)
+            return [str(exc)]
+        try:
+            with pa.memory_map(str(path), "r") as source:
+                return [p.replace(str(path), str(self.directory / entry["file"]))
+                        for p in self._check_table(path, ipc.open_file(source).read_all(), entry)]
+        except Exception as exc:
+            return [f"{self.directory / entry['file']}: unreadable as an Arrow IPC file ({exc})"]
 
     def _check_table(self, path: Path, table: pa.Table, entry: dict[str, Any]) -> list[str]:
         h, w = self.image_shape

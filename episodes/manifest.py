@@ -38,10 +38,13 @@ import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from varmem.episodes.errors import DataError
 from varmem.episodes.roles import manifest_roles
+
+if TYPE_CHECKING:
+    from varmem.episodes.storage import Location
 
 SCHEMA = "varmem.dataset"
 SCHEMA_VERSION = 1
@@ -56,8 +59,15 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a name that messages print: a newline would split the line
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """Read and validate ``DIR/manifest.json``; DataError naming the file and field otherwise."""
+def read_manifest(directory: "str | Path | Location") -> dict[str, Any]:
+    """Read and validate ``DIR/manifest.json``; DataError naming the file and field otherwise. ``directory``
+    may be a :class:`varmem.episodes.storage.Location` on object storage (:func:`read_remote_manifest`)."""
+    from varmem.episodes.storage import Location
+
+    if isinstance(directory, Location):
+        if not directory.is_local:
+            return read_remote_manifest(directory)
+        directory = directory.local_path
     directory = Path(directory)
     if not directory.exists():
         raise DataError(f"dataset directory {directory} does not exist")
@@ -80,6 +90,34 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, a 5,000-digit number
+        raise DataError(f"{path}: not readable JSON ({exc})") from None
+    validate_manifest(manifest, str(path))
+    return manifest
+
+
+def read_remote_manifest(directory: "Location") -> dict[str, Any]:
+    """``manifest.json`` of a dataset on object storage, read and validated like a local one. A prefix
+    without one is not a dataset (yet: a build publishes its manifest last)."""
+    from varmem.episodes.storage import StorageError
+
+    path = directory.child(MANIFEST)
+    info = path.info()
+    if info.type.name == "NotFound":
+        hint = ""
+        if directory.parent.path != directory.path:
+            try:
+                building = sorted(i.base_name for i in directory.parent.list(recursive=False)
+                                  if i.base_name.startswith(f".{directory.name}.building-"))
+            except StorageError:
+                building = []
+            hint = f" (a build is publishing it, or an interrupted one left {building[0]} beside it)" if building else ""
+        raise DataError(f"{directory} is not a varmem dataset: {MANIFEST} is missing{hint}")
+    if info.type.name != "File":
+        raise DataError(f"{path} is not a file; a dataset's {MANIFEST} must be one")
+    data = path.read_bytes(max_bytes=MAX_MANIFEST_BYTES)
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise DataError(f"{path}: not readable JSON ({exc})") from None
     validate_manifest(manifest, str(path))
     return manifest
