@@ -3,6 +3,7 @@
     varmem data ...                        varmem.episodes.cli
     varmem train | eval | compare | tune | plot
                                            varmem.distributed (cli_train, cli_eval, search.cli, cli_plot)
+    varmem memory ... | scale              varmem.distributed (cli_memory, cli_scale)
     varmem bench ...                       varmem.benchmarks.cli (when installed)
 
 This module is the top layer: it imports every package, none of them imports it. How a subcommand
@@ -16,7 +17,9 @@ import sys
 
 from varmem.distributed.cli import run_command
 from varmem.distributed.cli_eval import add_eval_commands
+from varmem.distributed.cli_memory import add_memory_command
 from varmem.distributed.cli_plot import add_plot_command
+from varmem.distributed.cli_scale import add_scale_command
 from varmem.distributed.cli_train import add_train_commands
 from varmem.distributed.search.cli import add_tune_command
 from varmem.episodes.cli import add_data_command
@@ -33,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(sub)
     add_tune_command(sub)
     add_plot_command(sub)
+    add_memory_command(sub)
+    add_scale_command(sub)
     try:
         from varmem.benchmarks.cli import add_bench_command
     except ImportError:  # benchmarks are not installed in every layout

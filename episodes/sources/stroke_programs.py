@@ -266,12 +266,26 @@ def _draw(strokes: Sequence[Stroke], samples: Any, noise: _Noise) -> np.ndarray:
     return np.concatenate(drawn, 1)
 
 
+def _pair_d2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distances [C, n, m] between points a [C, n, 2] and b [C or 1, m, 2].
+
+    The same floats as ``((a[:, :, None] - b[:, None]) ** 2).sum(-1)`` (x² + y², each difference squared
+    as x·x, the two added in that order) without its [C, n, m, 2] temporary: ~2× faster, and the images
+    the generator draws stay bit for bit the same (tests/episodes/test_strokes.py pins them).
+    """
+    dx = a[:, :, None, 0] - b[:, None, :, 0]
+    d2 = np.multiply(dx, dx, out=dx)
+    dy = a[:, :, None, 1] - b[:, None, :, 1]
+    d2 += np.multiply(dy, dy, out=dy)
+    return d2
+
+
 def _crowding(points: np.ndarray, others: np.ndarray, attached: bool) -> np.ndarray:
     """[C]: share of each candidate's points [C, n, 2] closer than _CLEARANCE to ``others`` [m, 2].
 
     An attached stroke necessarily starts on another one: its first 0.12 units are not counted.
     """
-    d2 = ((points[:, :, None, :] - others[None, None, :, :]) ** 2).sum(-1).min(2)  # [C, n]
+    d2 = _pair_d2(points, others[None]).min(2)  # [C, n]
     close = d2 < _CLEARANCE ** 2
     if not attached:
         return close.mean(1)
@@ -283,7 +297,7 @@ def _self_crowding(points: np.ndarray) -> np.ndarray:
     """[C]: share of each candidate's points [C, n, 2] that run over its own points further along."""
     step = np.sqrt((np.diff(points, axis=1) ** 2).sum(-1))  # [C, n-1]
     arc = np.concatenate([np.zeros((len(points), 1)), np.cumsum(step, 1)], 1)  # [C, n]
-    d2 = ((points[:, :, None, :] - points[:, None, :, :]) ** 2).sum(-1)  # [C, n, n]
+    d2 = _pair_d2(points, points)  # [C, n, n]
     close = (d2 < _CLEARANCE ** 2) & (np.abs(arc[:, :, None] - arc[:, None, :]) > 0.3)
     return close.any(2).mean(1)
 
@@ -366,7 +380,7 @@ def _make_strokes(style: AlphabetStyle, rng: np.random.Generator) -> tuple[Strok
         if i > 0:
             score += 5 * _crowding(points, everything, relation != "free")
         if mark:  # near the body, not on it
-            d = np.sqrt(((points[:, :, None] - everything[None, None]) ** 2).sum(-1).min((1, 2)))  # [C]
+            d = np.sqrt(_pair_d2(points, everything[None]).min((1, 2)))  # [C]
             score += np.maximum(0.0, 0.15 - d) * 30 + np.maximum(0.0, d - 0.3) * 5
         elif i > 0:
             grown = np.maximum(hi, points.max(1)) - np.minimum(lo, points.min(1))  # [C, 2]

@@ -25,7 +25,13 @@ dataset can be made on its own, in any process:
 The programs and the rasterizer are :mod:`varmem.episodes.sources.stroke_programs`.
 ``load`` returns ``uint8 [images_per_class, 105, 105]``, ink = 255, like the Omniglot source
 before preprocessing: 3,000-4,500 images/s of CPU time on one core of the 2-core dev machine (about half
-of it building the character program, half rasterizing 20 tokens at once).
+of it building the character program, half rasterizing 20 tokens at once). A scaling dataset of few images
+per class pays mostly for the programs: 1.4-1.9 ms of CPU per class of 5 images (2.3-2.5 ms before the
+crowding distances lost their [C, n, m, 2] temporaries, same images). Measured builds (2 workers,
+preprocessing and Arrow writing included): ``--classes 28000 --images-per-class 5`` 69 s of CPU;
+``--classes 290000 --images-per-class 5 --evaluation-fraction 0.9`` (260,292 evaluation classes: 10^6
+memory entries of 4 + a target each) 696 s of CPU, 23 min of wall time on the shared 2-core machine
+under load ~8 (about 6 min on 2 idle cores).
 ``preview_grid`` draws classes x tokens for people to look at; ``write_preview`` makes
 ``docs/images/strokes.png`` (``python -m varmem.episodes.sources.strokes docs/images/strokes.png``).
 """
