@@ -126,6 +126,10 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
                    help="the split to evaluate on (default: the run's eval split if the dataset has it, else the "
                         "dataset's evaluation split)")
     e.add_argument("--quiet", action="store_true", help="no cost table, progress bars or progress lines (results only)")
+    e.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3-compatible server for s3:// URIs (RUN_DIR, --data, --checkpoint), e.g. http://127.0.0.1:9000 "
+                        "(default: the run's storage.s3_endpoint, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS; "
+                        "credentials only from the environment)")
     e.add_argument("--no-verify-shards", action="store_true",
                    help="trust the dataset's shards without checking their sha256 against the manifest")
     e.add_argument("--samples", type=int, default=SAMPLES, metavar="K",
@@ -333,6 +337,12 @@ def _eval(args: argparse.Namespace) -> int:
     from varmem.distributed.run import evaluate_run, load_run
     from varmem.models.eval.report import format_headline, format_tables
 
+    if args.s3_endpoint:
+        from varmem.episodes import storage
+
+        # not storage.configure: opening the dataset applies the run's storage section, which would clear it when
+        # the run names no endpoint; the run's own storage.s3_endpoint wins over it (a bad URL is one line)
+        storage.configure_default(args.s3_endpoint)
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device, data=args.data,
                    verify_shards=False if args.no_verify_shards else None)
     options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,

@@ -10,7 +10,10 @@ as the in-process trainer (:func:`varmem.distributed.worker.train_worker`), with
 Where things go (paths are made absolute here: workers change directory)::
 
     RUN_DIR/config.yaml, checkpoints/, metrics.jsonl, final_metrics.json, tensorboard/   (rank 0)
-    RUN_DIR/ray/fit-<time>/checkpoint_0000000N/ckpt-N.pt     Ray's copy of each reported checkpoint
+    RUN_DIR/ray/fit-<time>/checkpoint_0000000N/ckpt-N.pt     Ray's name of each reported checkpoint: a hard
+                                                             link to RUN_DIR/checkpoints/ckpt-N.pt, so the
+                                                             bytes are on disk once (a copy only where the
+                                                             two folders are on different filesystems)
 
 Faults: ``FailureConfig(max_failures)`` restarts the worker group after a worker dies; each worker
 then continues from the newer of Ray's latest checkpoint (``ray.train.get_checkpoint()``) and the
@@ -147,7 +150,9 @@ def train_distributed(config: RunConfig, launch: Launch, *, resume: bool = False
             train_worker,
             train_loop_config={"config": config.to_dict(), "quiet": quiet, "report_logs": report_logs,
                                "plugins": loaded_plugins(),  # model-family plugins (--plugin): loaded in every worker
-                               "resume_from": str(source) if remote and source is not None else None},
+                               "resume_from": str(source) if remote and source is not None else None,
+                               # a local run: Ray's checkpoint folders are hard links of rank 0's files
+                               "ray_storage": None if remote else str(storage / name)},
             torch_config=TorchConfig(backend=launch.backend),
             scaling_config=ScalingConfig(
                 num_workers=launch.workers, use_gpu=launch.gpus_per_worker > 0,

@@ -235,10 +235,15 @@ def _step_of(path: str | Path) -> int:
     return int(m.group(1))
 
 
-def train_remote(config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+def train_remote(config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                 report=None, report_logs: bool = False) -> dict[str, Any]:
     """``varmem train --out RUN_URI`` in this process: the training loop in a local working copy, its logs and
     checkpoints uploaded to the storage as a Ray run's are (checkpoints at ``checkpoints/checkpoint_N/``), so
-    that ``--resume`` (here or with ``--workers``) and ``varmem eval`` read either the same way."""
+    that ``--resume`` (here or with ``--workers``) and ``varmem eval`` read either the same way.
+
+    ``report(metrics, checkpoint)``: called after each checkpoint is uploaded (``checkpoint``: its file in the
+    working copy, :meth:`RemoteRun.staging`) and, with ``report_logs``, at each log line (``None``) — a Tune
+    trial's reports (distributed/search/trial.py)."""
     from varmem.distributed.resume import check_run
     from varmem.distributed.rundir import CHECKPOINT_DIR
     from varmem.distributed.train_loop import TrainContext, train
@@ -259,8 +264,13 @@ def train_remote(config, *, resume: bool = False, overwrite: bool = False, quiet
         print(line, flush=True)
         sync.maybe_push()
 
-    context = TrainContext(quiet=quiet, log=log, report_logs=False,
-                           report=lambda metrics, checkpoint: sync.checkpoint(checkpoint))
+    def on_report(metrics: dict[str, Any], checkpoint) -> None:
+        if checkpoint is not None or not report_logs:  # a checkpoint's report: the logs, then the checkpoint
+            sync.checkpoint(checkpoint)
+        if report is not None:
+            report(metrics, checkpoint)
+
+    context = TrainContext(quiet=quiet, log=log, report_logs=report_logs, report=on_report)
     local = config.with_overrides([f"run.out={json.dumps(str(staging))}"])
     final = train(local, resume=source is not None, context=context)
     final = sync.finish(final)

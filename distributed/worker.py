@@ -12,7 +12,8 @@
 * logged values are averaged over ranks; every rank's RNG state is gathered into the checkpoint;
 * every ``checkpoint_every`` steps rank 0 writes ``RUN_DIR/checkpoints/ckpt-N.pt`` and hands the
   same file to ``ray.train.report`` (every rank reports; only rank 0 passes a checkpoint), which
-  copies it into Ray's storage, ``RUN_DIR/ray/checkpoint_0000000N/``;
+  stores it in Ray's storage, ``RUN_DIR/ray/fit-*/checkpoint_0000000N/``: as a hard link to the file
+  (``checkpoint_upload_fn``: the bytes are on disk once; a copy where a link cannot be made);
 * on start, the newer of ``ray.train.get_checkpoint()`` (the driver's ``--resume`` checkpoint, or
   Ray's latest after a worker failure) and the newest ``RUN_DIR/checkpoints/ckpt-N.pt``: a worker
   that dies right after a checkpoint can take its last report with it before Ray's controller
@@ -47,7 +48,7 @@ STAGING_PREFIX = ".ray-staging-"
 class RayTrainContext(TrainContext):
     """A Ray Train worker: world rank and size from ``ray.train``, DDP hooks through ``torch.distributed``."""
 
-    def __init__(self, *, quiet: bool = False, report_logs: bool = False, sync=None):
+    def __init__(self, *, quiet: bool = False, report_logs: bool = False, sync=None, ray_storage: str | None = None):
         import ray.train
         import ray.train.torch
 
@@ -65,6 +66,7 @@ class RayTrainContext(TrainContext):
         # asked (Ray Tune's schedulers want them).
         self.report_logs = report_logs
         self.sync = sync  # rank 0 of a run on object storage: a RemoteSync of the local working copy
+        self.ray_storage = ray_storage  # a local run: Ray's folder of this fit's checkpoints (RUN_DIR/ray/fit-*)
 
     def emit(self, line: str) -> None:
         super().emit(line)
@@ -123,6 +125,10 @@ class RayTrainContext(TrainContext):
 
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
         if checkpoint is None:
+            if self.sync is not None and self.report_logs:
+                # a Tune trial's controller reads the run's metrics.jsonl on the storage at each report
+                # (distributed/search/trial.py): the validations so far go up first
+                self.sync.push()
             ray.train.report(metrics, checkpoint=None)
             return
         checkpoint = Path(checkpoint)
@@ -134,10 +140,34 @@ class RayTrainContext(TrainContext):
         try:
             _link_or_copy(checkpoint, staging / checkpoint.name)
             step = int(metrics.get("step", 0))
+            upload = {"checkpoint_upload_fn": link_into(Path(self.ray_storage))} if self.ray_storage else {}
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)),
-                             checkpoint_dir_name=f"checkpoint_{step:08d}")
+                             checkpoint_dir_name=f"checkpoint_{step:08d}", **upload)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def link_into(folder: Path):
+    """Ray Train's ``checkpoint_upload_fn`` for a local run: the checkpoint directory's files hard-linked into
+    ``folder/<checkpoint_dir_name>/`` (what ``pyarrow.fs.copy_files`` would copy there), so that Ray's
+    checkpoint and rank 0's ``RUN_DIR/checkpoints/ckpt-N.pt`` are one file on disk. Both names stay: the
+    run directory's for ``--resume``, ``varmem eval`` and old tools, Ray's for ``ray.train.get_checkpoint()``
+    after a worker failure; the bytes go when both are pruned. A checkpoint is never written in place (an
+    atomic rename replaces a name), so a linked file never changes."""
+    import ray.train
+
+    def upload(checkpoint, name: str):
+        target = folder / name
+        target.mkdir(parents=True, exist_ok=True)
+        for item in Path(checkpoint.path).iterdir():
+            # a temporary name, then a rename: a name that exists (a retried step) is replaced, never written
+            # through (it may be a link to an older file)
+            tmp = target / f".{item.name}.{os.getpid()}.tmp"
+            tmp.unlink(missing_ok=True)
+            _link_or_copy(item, tmp)
+            os.replace(tmp, target / item.name)
+        return ray.train.Checkpoint.from_directory(str(target))
+    return upload
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -180,7 +210,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     config.storage.apply()  # the S3 endpoint and this node's shard cache
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    context = RayTrainContext(quiet=bool(loop_config.get("quiet")), report_logs=bool(loop_config.get("report_logs")))
+    context = RayTrainContext(quiet=bool(loop_config.get("quiet")), report_logs=bool(loop_config.get("report_logs")),
+                              ray_storage=loop_config.get("ray_storage"))
     if is_remote(config.run.out):
         return _train_remote(config, context, loop_config.get("resume_from"))
     run_dir = Path(config.run.out)

@@ -15,7 +15,10 @@ and manifest are uploaded under a hidden temporary prefix beside the target
 (``.NAME.building-PID-HEX/``), copied from there into place on the server, shards first and the manifest
 last, and the temporary prefix is removed. A reader never sees a half-written dataset: a prefix without
 its manifest is not a dataset (``--overwrite`` removes the old manifest first, so between the two a reader
-is told the dataset is missing, never given a mix of old and new shards).
+is told the dataset is missing, never given a mix of old and new shards). A build killed while publishing
+leaves its temporary prefix; the next build of the same NAME removes it (:func:`remove_stale_remote_builds`)
+when its builder is gone: on this host, its pid is dead (as locally); on another host, or with no record,
+nothing was written there for :data:`LEGACY_STALE_AFTER_S` (a live publish writes an object every few seconds).
 
 Every class needs at least :data:`MIN_IMAGES_PER_CLASS` images (the smallest episode: one shot
 and one target); a class with fewer is refused, naming it.
@@ -138,10 +141,9 @@ def builder_record() -> dict[str, Any]:
 def builder_gone(folder: Path, now: float | None = None) -> str | None:
     """Why the build that owns ``folder`` (a ``.NAME.building-*`` folder) is dead — a reason, e.g.
     ``"pid 123 on host h is gone"`` — or None when it may be alive (a live pid, another host, unknown)."""
-    host = socket.gethostname()
     try:
         record = json.loads((folder / BUILDER_FILE).read_text(encoding="utf-8"))
-        pid, rec_host = int(record["pid"]), str(record["host"])
+        int(record["pid"]), str(record["host"])
     except (OSError, ValueError, KeyError, TypeError):
         # no record (killed before writing it, or an older varmem): the pid of its name, once it is old
         try:
@@ -152,6 +154,13 @@ def builder_gone(folder: Path, now: float | None = None) -> str | None:
         if age >= LEGACY_STALE_AFTER_S and not _pid_alive(pid):
             return f"pid {pid} is gone and it was last written {age / 3600:.1f} h ago"
         return None
+    return _local_builder_gone(record)
+
+
+def _local_builder_gone(record: dict[str, Any]) -> str | None:
+    """Why a builder record of this host names a dead build, or None (alive, another host, unknown)."""
+    host = socket.gethostname()
+    pid, rec_host = int(record["pid"]), str(record["host"])
     if rec_host != host:
         return None  # a build on another machine sharing this folder: cannot tell
     boot = _boot_id()
@@ -178,6 +187,46 @@ def remove_stale_builds(out: Path) -> list[str]:
         if not folder.exists():
             removed.append(f"removed {folder}, left by a killed build ({why})")
     return removed
+
+
+def remove_stale_remote_builds(target: Location, now: float | None = None) -> list[str]:
+    """Remove the temporary ``.NAME.building-*`` prefixes beside ``target`` on object storage whose build is
+    gone (see the module docstring); the messages. A prefix of a live build is left alone."""
+    prefix = f".{target.name}.building-"
+    removed = []
+    for info in target.parent.list(recursive=False):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if not name.startswith(prefix):
+            continue
+        staging = target.parent.child(name)
+        why = _remote_builder_gone(staging, now)
+        if why is None:
+            continue
+        staging.delete_tree()
+        removed.append(f"removed {staging}, left by a killed build ({why})")
+    return removed
+
+
+def _remote_builder_gone(staging: Location, now: float | None = None) -> str | None:
+    """Why the publish that owns ``staging`` (a temporary prefix) is dead, or None when it may be alive."""
+    from varmem.episodes.storage import StorageError
+
+    files = list(staging.files())
+    if not files:
+        return None  # nothing left under it (removed meanwhile)
+    newest = max((info.mtime.timestamp() for _, info in files if info.mtime is not None), default=None)
+    quiet_s = (now or time.time()) - newest if newest is not None else None
+    try:
+        record = json.loads(staging.child(BUILDER_FILE).read_bytes())
+        int(record["pid"]), str(record["host"])
+    except (StorageError, ValueError, KeyError, TypeError):
+        record = None
+    if record is not None and str(record["host"]) == socket.gethostname():
+        return _local_builder_gone(record)
+    if quiet_s is not None and quiet_s >= LEGACY_STALE_AFTER_S:
+        who = f"pid {record['pid']} on {record['host']}" if record is not None else "a build with no record"
+        return f"{who} wrote nothing there for {quiet_s / 3600:.1f} h"
+    return None
 
 
 def glob_escape(name: str) -> str:
@@ -428,6 +477,8 @@ def _build_remote(out: str, overwrite: bool, build_local) -> dict[str, Any]:
     from varmem.episodes.manifest import MANIFEST
 
     target = location(out)
+    for line in remove_stale_remote_builds(target):
+        print(f"varmem: {line}", file=sys.stderr)
     if target.child(MANIFEST).exists() and not overwrite:
         raise DataError(f"{target} already holds a dataset; pass --overwrite to replace it")
     with tempfile.TemporaryDirectory(prefix="varmem-build-") as tmp:

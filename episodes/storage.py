@@ -13,8 +13,10 @@ Credentials and endpoints come from where the AWS and Google tools read them, ne
   filesystem pickled to Ray workers (Ray Train's ``storage_filesystem``) carries none: each node uses its
   own environment. A URI holding keys (``?access_key=``) is refused.
 * S3 endpoint (an S3-compatible server: MinIO, Ceph, moto, ...): the URI's own ``?endpoint_override=HOST:PORT&scheme=http``,
-  else ``--s3-endpoint`` / the config's ``storage.s3_endpoint`` (:func:`configure`), else ``AWS_ENDPOINT_URL_S3``,
-  else ``AWS_ENDPOINT_URL`` (the AWS CLI's and SDKs' variables), else AWS itself. Region: ``AWS_REGION`` or
+  else ``--s3-endpoint`` / the config's ``storage.s3_endpoint`` (:func:`configure`), else a command's
+  ``--s3-endpoint`` that is no config's (``varmem eval``: :func:`configure_default`, which a config without
+  an endpoint does not clear), else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (the AWS CLI's and
+  SDKs' variables), else AWS itself. Region: ``AWS_REGION`` or
   ``AWS_DEFAULT_REGION``; else ``us-east-1`` for a custom endpoint and the bucket's own region on AWS.
 * GCS: ``GOOGLE_APPLICATION_CREDENTIALS`` and the usual Google chain; HDFS: ``HADOOP_HOME`` / ``CLASSPATH``
   (libhdfs), as ``pyarrow`` reads them.
@@ -119,10 +121,23 @@ def check_endpoint(endpoint: str, field: str = "--s3-endpoint") -> tuple[str, st
     return parts.netloc, parts.scheme
 
 
+def configure_default(s3_endpoint: str | None) -> None:
+    """This process's S3 endpoint when no config names one: a command's ``--s3-endpoint`` that is not written
+    into a config (``varmem eval``). :func:`configure` with a config's endpoint takes precedence over it,
+    and :func:`configure` with none (a run's config without ``storage.s3_endpoint``) does not clear it."""
+    if s3_endpoint:
+        check_endpoint(s3_endpoint)
+        _settings["default_s3_endpoint"] = s3_endpoint
+    else:
+        _settings.pop("default_s3_endpoint", None)
+
+
 def s3_endpoint() -> str | None:
-    """The S3 endpoint in force: :func:`configure`'s, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""
-    if _settings.get("s3_endpoint"):
-        return _settings["s3_endpoint"]
+    """The S3 endpoint in force: :func:`configure`'s, else :func:`configure_default`'s, else
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""
+    for name in ("s3_endpoint", "default_s3_endpoint"):
+        if _settings.get(name):
+            return _settings[name]
     for name in ENDPOINT_ENV:
         if os.environ.get(name, "").strip():
             return os.environ[name].strip()

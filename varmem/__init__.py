@@ -15,6 +15,7 @@ Notebook API::
 
     import varmem
     run = varmem.load_run("runs/main_vma_strokes")   # the model in eval mode, its config (no dataset needed)
+    run = varmem.load_run("s3://bucket/runs/vma")    # a run on object storage (credentials: AWS_* variables)
     x = run.sample(memory, 8, kind="mean")           # memory [M, 1, H, W] → [8, 1, H, W]
     ll = run.log_likelihood(memory, targets, 1000)   # [T] nats
     pred = run.classify(memory, memory_labels, targets)  # [T] int64
@@ -45,7 +46,8 @@ if _root is not None and _root not in __path__:  # type: ignore[name-defined]  #
 
 def load_run(run_dir, *, checkpoint=None, device=None, data=None):
     """A trained run, ready for a notebook: see :func:`varmem.distributed.run.load_run` and
-    :class:`varmem.distributed.run.LoadedRun` (``sample``, ``log_likelihood``, ``classify``)."""
+    :class:`varmem.distributed.run.LoadedRun` (``sample``, ``log_likelihood``, ``classify``). ``run_dir``,
+    ``checkpoint`` and ``data`` may be URIs (``s3://``, ``gs://``, ``hdfs://``, ``file://``)."""
     from varmem.distributed.run import load_run as _load
 
     return _load(run_dir, checkpoint=checkpoint, device=device, data=data)

@@ -1,6 +1,7 @@
 """``varmem tune``: a Ray Tune search over run-config fields, each trial a training run.
 
 The package, one concept a module: ``space`` (the space file: parsed, checked against the base config),
+``metric`` (what the trials are ranked by, chosen per search),
 ``trial`` (one trial: its run and its reports to Tune), ``driver`` (the search: checks, cluster, Tuner),
 ``results`` (rows, files, table), ``searchdir`` (the search directory, options, ``search.yaml``), ``trust``
 (the signature of the search's pickled state: ``--resume`` runs only searches this user wrote), ``cli``
@@ -10,8 +11,14 @@ The package, one concept a module: ``space`` (the space file: parsed, checked ag
                 [--set section.key=value ...] [--steps N] [--workers N] [--cpus-per-trial C]
                 [--max-concurrent N] [--grace-period STEPS] [--reduction-factor F] [--seed S]
                 [--address ADDR] [--overwrite] [--quiet] [--check]
-    varmem tune --resume --out SEARCH_DIR [--trust-search-dir]
+    varmem tune --resume --out SEARCH_DIR [--trust-search-dir] [--s3-endpoint URL]
                                               continue an interrupted search (its own config, space, options)
+
+SEARCH_DIR may be a URI on object storage (``s3://bucket/searches/NAME``; ``--s3-endpoint URL`` for an
+S3-compatible server, credentials from the environment): the search's files, Tune's experiment
+(``tune.RunConfig(storage_path, storage_filesystem)``) and every trial's run directory are then there, the
+checkpoints once (each run's own; Tune is handed none), and ``--resume`` verifies the signature of the
+state there before Ray reads it (docs/TUNE.md, "Searches on object storage").
     python -m varmem.distributed.tune ...            the same flags
 
 The space file
@@ -25,6 +32,8 @@ A YAML mapping from run-config paths (the keys of ``varmem train --set``: ``opti
     optim.grad_clip: {uniform: [1.0, 20.0]}         a float, uniform in [low, high)
     episode.train.shots: {randint: [1, 5]}         an integer in [low, high], both ends included
     train.val_every: {value: 100}                  one fixed value for every trial (or just ``train.val_every: 100``)
+    metric: accuracy                               optional: the validation value trials are ranked by
+                                                   (``{name: cross_entropy, mode: min}``; distributed/search/metric.py)
 
 Write floats with a dot (``1.0e-4``): YAML 1.1 reads ``1e-4`` as a string (it is still accepted
 where the field is a float). ``--samples N`` draws N trials per grid point: N × the product of the
@@ -55,9 +64,11 @@ the run's ``metrics.jsonl`` (rank 0 writes it before the next report). In-proces
 ``report`` callback calls ``tune.report`` (with the checkpoint: Tune keeps a copy); for
 ``--workers N`` the TorchTrainer's controller runs a ``TuneReportCallback`` that forwards the same
 reports (with the path of Ray's copy of the checkpoint). Every report carries ``step`` (training
-steps: ASHA's time attribute), ``val_nll_bound`` (the newest validation NLL bound in nats: the
-search's metric, mode min), ``val_step``, the other validation values as ``val_*`` and the last
-training window's values as ``train_*``. A validation at a step that is not a checkpoint step
+steps: ASHA's time attribute), ``val_step``, every validation value as ``val_*`` — among them the
+search's metric: ``val_nll_bound`` (nats, min) when every trial's family has a likelihood,
+``val_accuracy`` (max) for classifiers without one, or the space file's ``metric:`` — and the last
+training window's values as ``train_*``. A search mixing families with and without a likelihood must
+name a metric every trial logs; each trial's model is checked before any trial starts. A validation at a step that is not a checkpoint step
 reaches Tune with the next log line's report (the train loop reports a log line before it validates).
 
 ``--scheduler asha`` stops trials early: ``ASHAScheduler(time_attr="step", max_t=train.steps,
@@ -72,12 +83,13 @@ The search directory
     SEARCH_DIR/search.yaml        what was asked: the base config, the space, the options (for --resume)
     SEARCH_DIR/tune/              Ray Tune's experiment (what Tuner.restore reads)
     SEARCH_DIR/trials/<trial>/    each trial's run directory
-    SEARCH_DIR/results.csv        one row per trial: the sampled values, final and best validation NLL, steps, status
+    SEARCH_DIR/results.csv        one row per trial: the sampled values, final and best value of the metric, steps, status
     SEARCH_DIR/results.json       the same rows, the metric, the best trial
     SEARCH_DIR/best_config.yaml   the base config with the best trial's values: `varmem train --config` takes it
     SEARCH_DIR/signature.json     varmem's HMAC of search.yaml and of the pickled state in tune/ (``trust``)
 
-The best trial has the lowest final validation NLL bound (its last validation). ``--resume``
+The best trial has the best final value of the metric (its last validation): the lowest validation NLL
+bound by default. ``--resume``
 (Ctrl-C stops a search and saves its state) restores the experiment with
 ``Tuner.restore(SEARCH_DIR/tune, trainable=...)``: finished trials stay as they are, unfinished
 ones continue from the newer of Tune's copy of their checkpoint and their run directory's

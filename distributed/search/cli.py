@@ -3,14 +3,17 @@
     varmem tune --config FILE --space SPACE.yaml [--samples N] [--scheduler fifo|asha] [--out SEARCH_DIR]
                 [--set section.key=value ...] [--steps N] [--workers N] [--cpus-per-trial C]
                 [--max-concurrent N] [--grace-period STEPS] [--reduction-factor F] [--seed S]
-                [--address ADDR] [--overwrite] [--quiet] [--check]
-    varmem tune --resume --out SEARCH_DIR [--trust-search-dir] [--check]
+                [--address ADDR] [--s3-endpoint URL] [--overwrite] [--quiet] [--check]
+    varmem tune --resume --out SEARCH_DIR [--trust-search-dir] [--s3-endpoint URL] [--check]
+
+SEARCH_DIR may be a URI on object storage (s3://bucket/searches/NAME, gs://..., hdfs://...).
 
 Nothing here imports torch or Ray until a command runs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 from varmem.distributed.cli import add_command, add_plugin_argument, module_main
 from varmem.distributed.config import ConfigError, RunConfig
 from varmem.distributed.search.searchdir import RESULTS_JSON, SCHEDULERS, SEARCH_FILE, SearchOptions
-from varmem.distributed.search.space import load_space
+from varmem.distributed.search.space import load_space_file
 from varmem.distributed.search.trust import TRUST_FLAG
 
 if TYPE_CHECKING:
@@ -43,8 +46,13 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None, metavar="N", help=f"trials per grid point (default {d.samples})")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
                    help=f"asha: stop trials early on the validation NLL bound (default {d.scheduler})")
-    p.add_argument("--out", type=Path, default=None, metavar="SEARCH_DIR",
-                   help="the search directory (default runs/tune-<config name>)")
+    p.add_argument("--out", type=str, default=None, metavar="SEARCH_DIR",
+                   help="the search directory, a path or a URI (s3://bucket/searches/NAME, gs://..., hdfs://...) "
+                        "(default runs/tune-<config name>)")
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3-compatible server for s3:// URIs, e.g. http://127.0.0.1:9000 (shorthand for --set "
+                        "storage.s3_endpoint=URL; default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS; "
+                        "credentials only from the environment)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a field of the base config (repeatable)")
     p.add_argument("--steps", type=int, default=None, help="shorthand for --set train.steps=N (ASHA's max_t)")
@@ -79,7 +87,10 @@ _OPTION_FLAGS = {"samples": "--samples", "scheduler": "--scheduler", "workers": 
 
 def _tune(args: argparse.Namespace) -> int:
     from varmem.distributed.search.driver import run_search  # Ray, torch: only when a search runs
+    from varmem.episodes import storage
 
+    if args.s3_endpoint:
+        storage.configure_default(args.s3_endpoint)  # a search directory on that server (checked here: one line if bad)
     if args.resume:
         given = [flag for name, flag in _OPTION_FLAGS.items() if getattr(args, name) is not None]
         given += [flag for flag, value in (("--config", args.config), ("--space", args.space), ("--steps", args.steps),
@@ -88,9 +99,9 @@ def _tune(args: argparse.Namespace) -> int:
             raise ConfigError("--resume needs --out SEARCH_DIR (the directory of the interrupted search)")
         if given:
             raise ConfigError(f"--resume continues the search in {args.out} with its own config, space and options "
-                              f"({args.out / SEARCH_FILE}): leave out {', '.join(given)}")
+                              f"({args.out.rstrip('/')}/{SEARCH_FILE}): leave out {', '.join(given)}")
         result = run_search(None, None, None, args.out, resume=True, address=args.address, quiet=args.quiet,
-                            trust_search_dir=args.trust_search_dir, check_only=args.check)
+                            trust_search_dir=args.trust_search_dir, check_only=args.check, s3_endpoint=args.s3_endpoint)
         return _exit_status(result)
     if args.trust_search_dir:
         raise ConfigError(f"{TRUST_FLAG} only applies to --resume (a new search has no state to trust)")
@@ -99,12 +110,14 @@ def _tune(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    if args.s3_endpoint:
+        overrides.append(f"storage.s3_endpoint={json.dumps(args.s3_endpoint)}")  # every trial's, too
     base = RunConfig.load(args.config, overrides)
-    space = load_space(args.space)
+    space, metric = load_space_file(args.space)
     options = SearchOptions(**{name: getattr(args, name) for name in _OPTION_FLAGS if getattr(args, name) is not None})
     out = args.out if args.out is not None else Path("runs") / f"tune-{args.config.stem}"
     result = run_search(base, space, options, out, overwrite=args.overwrite, address=args.address, quiet=args.quiet,
-                        space_file=args.space, check_only=args.check)
+                        space_file=args.space, check_only=args.check, metric=metric)
     return _exit_status(result)
 
 
@@ -116,7 +129,7 @@ def _exit_status(result: SearchResult) -> int:
         return 130
     if result.best is None:
         print("varmem: error: no trial finished a validation (see the errors in the table and in "
-              f"{result.search_dir / RESULTS_JSON})", file=sys.stderr)
+              f"{str(result.search_dir).rstrip('/')}/{RESULTS_JSON})", file=sys.stderr)
         return 1
     return 0
 

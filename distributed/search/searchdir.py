@@ -9,18 +9,26 @@
     SEARCH_DIR/results.json       the same rows, the metric, the best trial
     SEARCH_DIR/best_config.yaml   the base config with the best trial's values
     SEARCH_DIR/signature.json     varmem's signature of search.yaml and the pickled state in tune/ (distributed/search/trust.py)
+
+SEARCH_DIR is a local folder or a URI on object storage (``s3://bucket/searches/NAME``, any ``pyarrow.fs``
+URI: :func:`search_location`): the files above are then objects there, Ray Tune keeps its experiment there
+(``tune.RunConfig(storage_path, storage_filesystem)``) and each trial's run directory is a run on the URI
+(distributed/remote_run.py). Everything here reads and writes through a
+:class:`~varmem.episodes.storage.Location`, the same code for both.
 """
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from varmem.distributed.config import ConfigError, RunConfig, atomic_write_text, read_yaml
+from varmem.distributed.config import ConfigError, RunConfig
+from varmem.distributed.search.metric import SearchMetric
 from varmem.distributed.search.space import Space, parse_space
+from varmem.episodes.storage import Location, is_uri, location
 
 SEARCH_FILE = "search.yaml"
 TUNE_DIR = "tune"
@@ -77,34 +85,52 @@ class SearchOptions:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def save_search(search_dir: Path, base: RunConfig, space: Space, options: SearchOptions, cwd: Path, where: str) -> None:
+def search_location(search_dir: "str | os.PathLike | Location") -> Location:
+    """The search directory: a local path made absolute (links resolved), or a URI as given."""
+    if isinstance(search_dir, Location) or is_uri(search_dir):
+        return location(search_dir)
+    return location(Path(search_dir).expanduser().resolve())
+
+
+def save_search(place: "Location | str | Path", base: RunConfig, space: Space, options: SearchOptions, cwd: Path,
+                where: str, metric: SearchMetric | None = None) -> None:
+    place = search_location(place)
     text = yaml.safe_dump({
         "config": base.to_dict(),  # paths as given (relative to cwd)
         "cwd": str(cwd),
         "space_file": where,
         "space": {key: param.to_raw() for key, param in space.items()},
+        "metric": metric.to_raw() if metric is not None else None,  # None: the families' default (metric.py)
         "options": asdict(options),
     }, sort_keys=False, allow_unicode=True)
-    atomic_write_text(search_dir / SEARCH_FILE, "# written by varmem tune; --resume reads it\n" + text)
+    place.child(SEARCH_FILE).write_text("# written by varmem tune; --resume reads it\n" + text)
 
 
-def load_search(search_dir: Path) -> tuple[RunConfig, Space, SearchOptions, Path, str]:
-    path = search_dir / SEARCH_FILE
-    if not path.is_file():
-        raise ConfigError(f"nothing to resume: {path} is missing ({search_dir} holds no varmem search)")
-    raw = read_yaml(path)
+def load_search(place: "Location | str | Path") -> tuple[RunConfig, Space, SearchOptions, Path, str, SearchMetric | None]:
+    place = search_location(place)
+    where = place.child(SEARCH_FILE)
+    if not where.is_file():
+        raise ConfigError(f"nothing to resume: {where} is missing ({place} holds no varmem search)")
+    try:
+        raw = yaml.safe_load(where.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} is not readable YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} is not a varmem search file: expected a mapping, got {type(raw).__name__}")
     try:
         base = RunConfig.from_dict(raw["config"])
-        space = parse_space(raw["space"], f"{path} (space)")
+        space = parse_space(raw["space"], f"{where} (space)")
+        metric = SearchMetric.from_raw(raw["metric"], f"{where} (metric)") if raw.get("metric") is not None else None
         options = SearchOptions.from_dict(raw.get("options") or {})
-        return base, space, options, Path(raw.get("cwd") or Path.cwd()), str(raw.get("space_file") or path)
+        return base, space, options, Path(raw.get("cwd") or Path.cwd()), str(raw.get("space_file") or where), metric
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a varmem search file: {exc}") from None
+        raise ConfigError(f"{where} is not a varmem search file: {exc}") from None
 
 
-def clear_search_dir(search_dir: Path) -> None:
+def clear_search_dir(place: "Location | str | Path") -> None:
     """What --overwrite removes: the Tune experiment, the trials' run directories, the results."""
+    place = search_location(place)
     for name in (TUNE_DIR, TRIALS_DIR, BEST_RUN):
-        shutil.rmtree(search_dir / name, ignore_errors=True)
+        place.child(name).delete_tree()
     for name in (SEARCH_FILE, RESULTS_CSV, RESULTS_JSON, BEST_CONFIG, SIGNATURE_FILE):
-        (search_dir / name).unlink(missing_ok=True)
+        place.child(name).delete()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from varmem.distributed.config import ConfigError, RunConfig, load_yaml_file
+from varmem.distributed.search.metric import METRIC_KEY, SearchMetric, TrialModel
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "value")
 MAX_JOINT_CHECKS = 64  # all grid/choice combinations are checked together up to this many
@@ -78,13 +79,26 @@ Space = dict  # str -> Param, in the file's order
 
 
 def load_space(path: str | Path) -> Space:
-    """The space file at ``path``, parsed (not yet checked against a config)."""
-    return parse_space(load_yaml_file(path, "space file", SpaceError), str(path))
+    """The space file at ``path``, parsed (not yet checked against a config); its ``metric:`` is read by
+    :func:`load_space_file`."""
+    return load_space_file(path)[0]
+
+
+def load_space_file(path: str | Path) -> tuple[Space, SearchMetric | None]:
+    """The space file at ``path``: its space and the metric it names (None: the families' default,
+    distributed/search/metric.py)."""
+    raw = load_yaml_file(path, "space file", SpaceError)
+    space = parse_space(raw, str(path))
+    metric = raw.get(METRIC_KEY) if isinstance(raw, dict) else None
+    return space, (SearchMetric.from_raw(metric, str(path)) if metric is not None else None)
 
 
 def parse_space(raw: Any, where: str = "space") -> Space:
-    """``{path: {kind: args}}`` → ``{path: Param}``; a value that is not a one-key mapping of a kind is fixed."""
+    """``{path: {kind: args}}`` → ``{path: Param}``; a value that is not a one-key mapping of a kind is fixed.
+    The ``metric:`` key is not a parameter (:func:`load_space_file` reads it)."""
     example = "e.g. optim.lr: {grid: [1.0e-4, 3.0e-4]}"
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k != METRIC_KEY}
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"{where}: a search space is a mapping of config paths to distributions ({example}), "
                          f"got {raw!r}")
@@ -205,27 +219,66 @@ def _apply_one(base: RunConfig, params: dict[str, Any], where: str) -> RunConfig
         raise SpaceError(f"{where}: {shown} does not fit the config: {message}") from None
 
 
-def preflight(variants: list[Variant], where: str = "space") -> None:
+def preflight(variants: list[Variant], where: str = "space") -> list[TrialModel]:
     """The checks that need the dataset and the model, on every distinct config of :func:`check_space`:
-    the dataset supplies the episodes, the model section builds (a bad value fails here, not in a trial)."""
+    the dataset supplies the episodes, the model section builds (a bad value fails here, not in a trial).
+    Returns what the search's metric is chosen from: each distinct model's family and capabilities
+    (distributed/search/metric.py)."""
     from varmem.distributed.run import build_model, open_dataset
     from varmem.episodes.errors import DataError
+    from varmem.models.base import Capability
 
     seen_data: set[str] = set()
     seen_model: set[str] = set()
-    image_shape = None
+    image_shape = dataset = None
+    models: list[TrialModel] = []
     for params, config in variants:
         data_key = json.dumps([config.data.to_dict(), config.episode.to_dict()], sort_keys=True)
         model_key = json.dumps(config.model.to_dict(), sort_keys=True)
         shown = ", ".join(f"{key}: {value!r}" for key, value in params.items()) or "the base config"
         try:
             if data_key not in seen_data or image_shape is None:
-                image_shape = tuple(open_dataset(config).image_shape)
+                dataset = open_dataset(config)
+                image_shape = tuple(dataset.image_shape)
                 seen_data.add(data_key)
             if model_key not in seen_model:
-                build_model(config, image_shape)
+                model = build_model(config, image_shape)
                 seen_model.add(model_key)
+                models.append(TrialModel(
+                    shown=shown, family=config.model.family, likelihood=model.supports(Capability.LIKELIHOOD),
+                    classifies=model.supports(Capability.CLASSIFICATION),
+                    all_values=_validation_values(model, config, dataset)))
         except (ConfigError, DataError) as exc:
             raise SpaceError(f"{where}: {shown}: {exc}") from None
         except (TypeError, ValueError) as exc:  # a model factory's own complaint about its keywords
             raise SpaceError(f"{where}: {shown}: the model section does not build: {exc}") from None
+    return models
+
+
+def _validation_values(model, config: RunConfig, dataset):
+    """A function giving the values a validation row of ``model`` holds (what
+    :func:`varmem.models.eval.bound.evaluate_bound` returns, less bookkeeping): the objective of one
+    validation episode is computed for its bound and terms, only when asked."""
+    def values() -> tuple[str, ...]:
+        import torch
+
+        from varmem.distributed.validation import eval_batches
+        from varmem.models.base import Batch, Capability
+        from varmem.models.eval.bound import RESERVED_KEYS
+
+        batch = Batch.of(next(iter(eval_batches(dataset, config, 1, config.train.val_seed))))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                obj = model.objective(batch, config.train.num_samples)
+        finally:
+            model.train(was_training)
+        out = [*(("nll_bound", "nll_bound_stderr") if model.supports(Capability.LIKELIHOOD) else ()),
+               *(("objective_nll_bound",) if obj.bound is not None else ()),
+               *(f"objective_{name}" if name in RESERVED_KEYS else name for name in obj.terms),
+               *(("accuracy", "accuracy_stderr") if model.supports(Capability.CLASSIFICATION) else ())]
+        if "kl_address" in out:
+            out.append("memory_use")  # the train loop's share of the memory's capacity (train_loop.memory_use)
+        return tuple(out)
+    return values

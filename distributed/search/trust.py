@@ -26,6 +26,12 @@ before Ray reads anything:
 A search killed with ``kill -9`` between Ray rewriting its state and the next signature (at most a
 second) is refused too: resume it with ``--trust-search-dir`` when it was yours.
 
+A search directory on object storage (``s3://bucket/searches/NAME``) is signed and verified the same way,
+through the storage layer (:class:`~varmem.episodes.storage.Location`): the objects under ``tune/`` and
+``search.yaml``, their keys relative to the search directory, ``signature.json`` beside them; the key stays
+on the user's machine. Object storage has no links or special files; an object's bytes are read once to
+check it (the state is small: kilobytes to a few MB).
+
 Nothing here imports Ray.
 """
 from __future__ import annotations
@@ -40,8 +46,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass
+
 from varmem.distributed.config import ConfigError, atomic_write_text
 from varmem.distributed.search.searchdir import SEARCH_FILE, SIGNATURE_FILE, TUNE_DIR
+from varmem.episodes.storage import Location, StorageError, is_remote, location
 
 STATE_DIR = TUNE_DIR  # what is signed: Ray Tune's experiment directory, and SEARCH_FILE (what --resume runs)
 KEY_ENV = "VARMEM_SEARCH_KEY_FILE"
@@ -127,9 +136,49 @@ def is_data(name: str) -> bool:
     return name in DATA_NAMES or name.startswith(DATA_PREFIXES) or name.endswith(DATA_SUFFIXES)
 
 
-def state_entries(search_dir: Path) -> list[tuple[str, Path]]:
+@dataclass(frozen=True)
+class RemoteFile:
+    """A state file on object storage: where it is, and its size and time from the listing."""
+
+    where: Location
+    size: int
+    mtime_ns: int
+
+
+def _remote(search_dir: "str | Path | Location") -> Location | None:
+    """The search directory's Location when it is on object storage, else None (a local folder)."""
+    if isinstance(search_dir, Location):
+        return None if search_dir.is_local else search_dir
+    return location(search_dir) if is_remote(search_dir) else None
+
+
+def _local(search_dir: "str | Path | Location") -> Path:
+    return search_dir.local_path if isinstance(search_dir, Location) else Path(search_dir)
+
+
+def _remote_entries(place: Location) -> list[tuple[str, RemoteFile]]:
+    """:func:`state_entries` of a search directory on object storage (one listing of tune/, one of search.yaml)."""
+    found: list[tuple[str, RemoteFile]] = []
+    search_file = place.child(SEARCH_FILE)
+    info = search_file.info()
+    if info.type.name == "File":
+        found.append((SEARCH_FILE, RemoteFile(search_file, int(info.size or 0), int(info.mtime_ns or 0))))
+    root = place.child(STATE_DIR)
+    for rel, info in root.files():
+        if not is_data(rel.rsplit("/", 1)[-1]):
+            found.append((f"{STATE_DIR}/{rel}", RemoteFile(root.child(*rel.split("/")), int(info.size or 0),
+                                                           int(info.mtime_ns or 0))))
+    return sorted(found, key=lambda e: e[0])
+
+
+def state_entries(search_dir: "str | Path | Location") -> list[tuple[str, Any]]:
     """``(relative path, path)`` of every entry the signature covers, sorted: SEARCH_DIR/search.yaml, the
-    files of SEARCH_DIR/tune that Ray may unpickle, and any link or special file there (refused by :func:`verify`)."""
+    files of SEARCH_DIR/tune that Ray may unpickle, and any link or special file there (refused by :func:`verify`).
+    On object storage the second item is a :class:`RemoteFile`."""
+    remote = _remote(search_dir)
+    if remote is not None:
+        return _remote_entries(remote)
+    search_dir = _local(search_dir)
     root = Path(search_dir) / STATE_DIR
     found: list[tuple[str, Path]] = []
     search_file = Path(search_dir) / SEARCH_FILE
@@ -154,17 +203,29 @@ def state_entries(search_dir: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _mac(key: bytes, relative: str, path: Path) -> str:
+def _mac(key: bytes, relative: str, path: "Path | RemoteFile") -> str:
     mac = hmac.new(key, f"{FORMAT}\0{relative}\0".encode("utf-8", "surrogateescape"), hashlib.sha256)
+    if isinstance(path, RemoteFile):
+        for block in path.where.stream(1 << 20):
+            mac.update(block)
+        return mac.hexdigest()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             mac.update(block)
     return mac.hexdigest()
 
 
-def _fingerprint(entries: list[tuple[str, Path]]) -> tuple:
+def _special(path: "Path | RemoteFile") -> bool:
+    """A link or anything but a regular file (never on object storage)."""
+    return not isinstance(path, RemoteFile) and (path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode))
+
+
+def _fingerprint(entries: list[tuple[str, Any]]) -> tuple:
     out = []
     for relative, path in entries:
+        if isinstance(path, RemoteFile):
+            out.append((relative, path.size, path.mtime_ns, 0))
+            continue
         try:
             info = path.lstat()
         except OSError:
@@ -173,45 +234,75 @@ def _fingerprint(entries: list[tuple[str, Path]]) -> tuple:
     return tuple(out)
 
 
-def sign(search_dir: str | Path, key: bytes | None = None) -> tuple:
+def sign(search_dir: "str | Path | Location", key: bytes | None = None) -> tuple:
     """Write SEARCH_DIR/signature.json for the state files as they are now; returns their fingerprint
     (sizes and times: :class:`StateSigner` signs again when it changes). Links and special files are
     not signed (Ray never writes them; :func:`verify` refuses them)."""
-    search_dir = Path(search_dir)
+    remote = _remote(search_dir)
     key = key if key is not None else load_key()
     entries = state_entries(search_dir)
     fingerprint = _fingerprint(entries)  # before reading: a write during the signing changes it, so it is signed again
     files: dict[str, str] = {}
     for relative, path in entries:
         try:
-            if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
+            if _special(path):
                 continue
             files[relative] = _mac(key, relative, path)
         except FileNotFoundError:  # removed meanwhile (Ray replaces its state files)
             continue
+        except StorageError:
+            if path.where.exists():
+                raise
+            continue  # removed meanwhile, on object storage
     record = {"format": FORMAT, "algorithm": "HMAC-SHA256", "key_id": key_id(key),
               "key_file": str(key_file()), "signed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
-    atomic_write_text(search_dir / SIGNATURE_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    if remote is not None:
+        remote.child(SIGNATURE_FILE).write_text(text)
+    else:
+        atomic_write_text(_local(search_dir) / SIGNATURE_FILE, text)
     return fingerprint
 
 
-def verify(search_dir: str | Path, key: bytes | None = None) -> None:
+def _read_signature(search_dir: "str | Path | Location") -> tuple[str, Any]:
+    """(what the signature file is called, its record); FileNotFoundError when missing, ValueError when it is
+    not what :func:`sign` writes (a link, a FIFO — reading it would block —, something huge, not JSON)."""
+    remote = _remote(search_dir)
+    if remote is not None:
+        where = remote.child(SIGNATURE_FILE)
+        try:
+            data = where.read_bytes(max_bytes=MAX_SIGNATURE_BYTES)
+        except StorageError as exc:
+            if not where.exists():
+                raise FileNotFoundError(where.uri) from None
+            raise ValueError(str(exc)) from None
+        return where.uri, json.loads(data.decode("utf-8"))
+    signature_path = _local(search_dir) / SIGNATURE_FILE
+    info = signature_path.lstat()
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SIGNATURE_BYTES:
+        raise ValueError
+    return str(signature_path), json.loads(signature_path.read_text(encoding="utf-8"))
+
+
+def verify(search_dir: "str | Path | Location", key: bytes | None = None) -> None:
     """UntrustedSearch (one line: the file, why, the override) unless every state file of the search
     carries this user's signature. Reads no pickle."""
-    search_dir = Path(search_dir)
+    remote = _remote(search_dir)
+    shown_dir = remote.uri if remote is not None else _local(search_dir)
     key = key if key is not None else load_key()
     entries = state_entries(search_dir)
     if not entries:
         return  # nothing Ray would unpickle
-    signature_path = search_dir / SIGNATURE_FILE
+    signature_path = remote.child(SIGNATURE_FILE).uri if remote is not None else _local(search_dir) / SIGNATURE_FILE
+
+    def shown(path: "Path | RemoteFile") -> str:
+        return path.where.uri if isinstance(path, RemoteFile) else str(path)
+
     pickles = [path for relative, path in entries if relative.startswith(STATE_DIR + "/")]
-    first = next((p for p in pickles if p.name == "tuner.pkl"), pickles[0] if pickles else entries[0][1])
+    first = shown(next((p for r, p in entries if r.endswith("/tuner.pkl")), pickles[0] if pickles else entries[0][1]))
     why = None
     try:
-        info = signature_path.lstat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SIGNATURE_BYTES:
-            raise ValueError  # a link, a FIFO (reading it would block), something huge: not what sign() writes
-        record = json.loads(signature_path.read_text(encoding="utf-8"))
+        signature_path, record = _read_signature(search_dir)
         files = record["files"]
         signer = record.get("key_id")
         if record.get("format") != FORMAT or not isinstance(files, dict):
@@ -226,21 +317,21 @@ def verify(search_dir: str | Path, key: bytes | None = None) -> None:
                "user or on another machine")
     if why is None:
         for relative, path in entries:
-            if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
-                why = f"{path} is a link or a special file, which varmem never writes"
+            if _special(path):
+                why = f"{shown(path)} is a link or a special file, which varmem never writes"
                 break
             expected = files.get(relative)
             if not isinstance(expected, str):
-                why = f"{path} is not covered by {signature_path} (it was added after varmem signed the search)"
+                why = f"{shown(path)} is not covered by {signature_path} (it was added after varmem signed the search)"
                 break
             if not hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), _mac(key, relative, path).encode()):
-                why = f"{path} changed after varmem signed the search"
+                why = f"{shown(path)} changed after varmem signed the search"
                 break
     if why is not None:
         raise UntrustedSearch(
-            f"refusing to resume {search_dir}: {why}. Ray unpickles this state on resume, and unpickling runs "
+            f"refusing to resume {shown_dir}: {why}. Ray unpickles this state on resume, and unpickling runs "
             f"any code it holds; resume only searches you ran yourself, or pass {TRUST_FLAG} if you trust whoever "
-            f"wrote {search_dir} ({DOCS})")
+            f"wrote {shown_dir} ({DOCS})")
 
 
 # --- signing while a search runs ---------------------------------------------------------------
@@ -272,9 +363,9 @@ class StateSigner:
         if not force and now - self._checked < self.MIN_INTERVAL_S:
             return
         self._checked = now
-        if not force and _fingerprint(state_entries(Path(self.search_dir))) == self._last:
-            return
         try:
+            if not force and _fingerprint(state_entries(self.search_dir)) == self._last:
+                return
             self._last = sign(self.search_dir)
-        except (ConfigError, OSError):
+        except (ConfigError, StorageError, OSError):
             self._last = None  # the key went missing, a file could not be read: the end of the search reports it

@@ -28,9 +28,13 @@ class SignStateCallback(tune.Callback):
 
 
 def search_dir_of(trials: list) -> Path | None:
-    """The search directory as Tune now sees it (a restored search may have moved since tuner.pkl was written)."""
+    """The search directory as Tune now sees it (a restored search may have moved since tuner.pkl was written);
+    None for a search on object storage (the signer keeps its URI: Tune's path there has no scheme)."""
+    import pyarrow.fs as pafs
+
     for trial in trials:
-        path = getattr(getattr(trial, "storage", None), "experiment_fs_path", None)
-        if path:
+        storage = getattr(trial, "storage", None)
+        path = getattr(storage, "experiment_fs_path", None)
+        if path and isinstance(getattr(storage, "storage_filesystem", None), pafs.LocalFileSystem):
             return Path(path).parent
     return None

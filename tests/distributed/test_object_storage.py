@@ -132,3 +132,27 @@ def test_the_cli_keeps_credentials_out_of_everything(s3, data_uri, tmp_path):
     assert any("tfevents" in k for k in written) and any(k.endswith(".arrow") for k in written)  # not vacuous
     leaks = [k for k, data in written.items() if any(s in data for s in secrets)]
     assert leaks == [], leaks
+
+
+def test_varmem_eval_takes_the_s3_endpoint_by_flag(s3, data_uri, tmp_path):
+    """`varmem eval s3://… --s3-endpoint URL` with no endpoint in the environment or the run's config: the run,
+    its checkpoint and its dataset on S3 are read through the flag's server; a bad URL is one line."""
+    run = RemoteRun(s3.uri("runs/eval-flag"))
+    train_remote(tiny(data_uri, run.uri, steps=2), quiet=True)
+    assert "s3_endpoint: ''" in run.location.child("config.yaml").read_text()  # the run names no endpoint
+    env = {k: v for k, v in {**os.environ, **s3.env}.items() if k not in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")}
+    env.update(VARMEM_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "varmem", "eval", run.uri, "--plugin", "tests.distributed.standin", "--samples", "4",
+            "--episodes", "2", "--tasks", "none", "--tables", "none", "--no-pictures", "--json", "--quiet"]
+    without = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert without.returncode != 0  # not vacuous: without the flag there is no way to the server
+    done = subprocess.run(argv + ["--s3-endpoint", s3.endpoint], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["step"] == 2 and result["checkpoint"] == run.checkpoint_location(2).uri
+    assert result["run_dir"] == run.uri
+    bad = subprocess.run(argv + ["--s3-endpoint", "ftp://127.0.0.1:1"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("varmem: error: ") and bad.stderr.count("\n") == 1, bad.stderr
+    assert "ftp://127.0.0.1:1" in bad.stderr

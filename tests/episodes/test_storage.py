@@ -235,3 +235,39 @@ def test_a_server_that_is_not_there(tmp_path):
             Dataset.open("s3://varmem-test/nowhere")
     storage._filesystems.clear()
     assert TEST_SECRET_KEY not in str(err.value)
+
+
+def test_a_killed_remote_builds_prefix_is_removed_by_the_next_build(s3, capsys, monkeypatch):
+    """A publish killed part-way leaves ``.NAME.building-*``; the next build of NAME removes it when its
+    builder is gone (a dead pid on this host; on another host, nothing written there for an hour) and
+    leaves a live build's alone."""
+    import os
+    import socket
+
+    import varmem.episodes.build as build_module
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    me = build_module.builder_record()
+    records = {
+        f".again.building-{dead_pid}-aaaaaa": dict(me, pid=dead_pid, start=None),  # killed, this host
+        f".again.building-{os.getpid()}-bbbbbb": me,  # alive: this process
+        ".again.building-1-cccccc": dict(me, host=socket.gethostname() + "-elsewhere"),  # another host, just written
+        ".again-other.building-1-dddddd": dict(me, pid=dead_pid, start=None),  # another dataset's
+    }
+    for name, record in records.items():
+        s3.write(f"data/{name}/.builder.json", json.dumps(record).encode())
+        s3.write(f"data/{name}/shards/part.arrow", b"half a shard")
+    build(s3.uri("data/again"))
+    err = capsys.readouterr().err
+    left = {key.split("/")[1] for key in s3.objects("data") if key.split("/")[1].startswith(".again")}
+    assert left == {f".again.building-{os.getpid()}-bbbbbb", ".again.building-1-cccccc", ".again-other.building-1-dddddd"}
+    assert f"removed {s3.uri('data')}/.again.building-{dead_pid}-aaaaaa, left by a killed build (pid {dead_pid} on " in err
+    assert Dataset.open(s3.uri("data/again")).manifest["splits"]  # the build itself went on
+
+    monkeypatch.setattr(build_module, "LEGACY_STALE_AFTER_S", 0.0)  # another host's prefix, silent long enough
+    build(s3.uri("data/again"), overwrite=True)
+    left = {key.split("/")[1] for key in s3.objects("data") if key.split("/")[1].startswith(".again")}
+    assert left == {f".again.building-{os.getpid()}-bbbbbb", ".again-other.building-1-dddddd"}
+    assert (f"removed {s3.uri('data')}/.again.building-1-cccccc, left by a killed build (pid {os.getpid()} on "
+            f"{socket.gethostname()}-elsewhere wrote nothing there for 0.0 h)") in capsys.readouterr().err
