@@ -35,6 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     _kernel_common_arguments(p)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of images, patches and params")
+    p.add_argument("--cases", default=None, help="semicolon list of B,C,H,W,N (e.g. 256,1,28,28,12), replaces the grid")
+
+
+def parse_cases(text: str) -> list[tuple[int, int, int, int, int]]:
+    """``"256,1,28,28,12;64,1,105,105,12"`` → ``[(256, 1, 28, 28, 12), (64, 1, 105, 105, 12)]``."""
+    out = []
+    for item in text.split(";"):
+        parts = [x.strip() for x in item.split(",")]
+        if len(parts) != 5 or not all(x.isdigit() for x in parts):
+            raise SystemExit(f"--cases: {item.strip()!r} is not B,C,H,W,N (e.g. 256,1,28,28,12)")
+        out.append(tuple(int(x) for x in parts))
+    return out
 
 
 def grid(device: torch.device, quick: bool) -> list[tuple[int, int, int, int, int]]:
@@ -79,7 +91,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     e = torch.empty((), dtype=dtype).element_size()
     copy_gbps = harness.copy_bandwidth_gbps(device)
     rows: list[dict] = []
-    for B, C, H, W, N in grid(device, args.quick):
+    cases = parse_cases(args.cases) if getattr(args, "cases", None) else grid(device, args.quick)
+    for B, C, H, W, N in cases:
         case = f"B={B} C={C} {H}x{W} N={N}"
         harness.progress(f"gaussian_attention {case}")
         gen = torch.Generator().manual_seed(0)

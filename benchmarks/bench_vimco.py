@@ -35,6 +35,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _kernel_common_arguments(p)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of log_w and log_q")
     p.add_argument("--variant", default="geometric", choices=("geometric", "arithmetic"))
+    p.add_argument("--cases", default=None, help="comma list of BxK (e.g. 32x4,1e6x64), replaces the grid")
+
+
+def parse_cases(text: str) -> list[tuple[int, int]]:
+    """``"32x4,1e6x64"`` → ``[(32, 4), (1000000, 64)]``."""
+    out = []
+    for item in text.split(","):
+        try:
+            b, k = item.strip().lower().split("x")
+            out.append((int(float(b)), int(float(k))))
+        except ValueError:
+            raise SystemExit(f"--cases: {item.strip()!r} is not BxK (e.g. 32x4)") from None
+    return out
 
 
 def grid(device: torch.device, quick: bool) -> list[tuple[int, int]]:
@@ -71,7 +84,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     e = torch.empty((), dtype=dtype).element_size()
     copy_gbps = harness.copy_bandwidth_gbps(device)
     rows: list[dict] = []
-    for B, K in grid(device, args.quick):
+    cases = parse_cases(args.cases) if getattr(args, "cases", None) else grid(device, args.quick)
+    for B, K in cases:
         case = f"B={B} K={K}"
         harness.progress(f"vimco {case}")
         gen = torch.Generator(device="cpu").manual_seed(0)

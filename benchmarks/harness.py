@@ -40,12 +40,20 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     for mod in ("triton", "numpy", "pyarrow", "ray"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception:
-            env[mod] = None
+        env[mod] = package_version(mod)
     env["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "0")
     return env
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None; reads its metadata without importing it
+    (``ray`` must stay out of processes that do not use it: scripts/gpu_check.sh runs without Ray)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _cpu_name() -> str:

@@ -15,6 +15,7 @@ from varmem.kernels.memory_addressing import (  # noqa: E402
     memory_addressing_reference,
     memory_log_softmax,
 )
+from varmem.kernels.memory_addressing_stream import memory_addressing_stream  # noqa: E402
 from varmem.kernels.memory_read import memory_read, memory_read_reference  # noqa: E402
 
 __all__ += [
@@ -22,6 +23,7 @@ __all__ += [
     "MemoryAddressingOutput",
     "memory_addressing",
     "memory_addressing_reference",
+    "memory_addressing_stream",
     "memory_log_softmax",
     "memory_read",
     "memory_read_reference",

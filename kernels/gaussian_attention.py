@@ -98,12 +98,12 @@ CENTRE_RANGE = (-1e12, 1e12)  # g̃_x, g̃_y
 PARAM_RANGES = (CENTRE_RANGE, CENTRE_RANGE, LOG_PARAM_RANGE, LOG_PARAM_RANGE, LOG_PARAM_RANGE)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The kernels hold one whole image channel in one tile (plus F_x, F_y and, in the backward,
-# their gradients); larger images go to the reference. Shared memory per program, from an
-# ahead-of-time compile for sm_90 with triton 3.9 (no GPU in the session that wrote this; the
-# H100 allows 232,448 B per block): backward at 128×128, N = 32: 196,608 B in fp32, 118,784 B
-# in fp16/bf16; at N = 64 it is 270,336 B, over the limit. float64 at 64×128, N = 32 needs
-# 212,992 B, too close to the limit for another triton version, so float64 stops at 64×64
-# (114,688 B). DRAW-sized images (26×26, 28×28, 32×32, 105×105) fit.
+# their gradients); larger images go to the reference. Shared memory per program from ahead-of-time
+# compiles for sm_80 and sm_90 (kernels/RESOURCES.md, triton 3.9; the A100 allows 166,912 B per block,
+# the H100 232,448 B): the backward at 128×128, N = 32 needs 102,400 B in fp32/fp16/bf16; float64 at
+# 64×64, N = 32 up to 98,304 B; float64 at 128×128, N = 64 needs 294,912 B, over both limits.
+# (An earlier triton 3.9 compile, at other warps, gave 196,608 B for fp32 128×128, N = 32 and 270,336 B
+# at N = 64.) Large tiles spill registers (RESOURCES.md), so the limits stay where they were.
 TRITON_MAX_TILE = 128 * 128  # BLOCK_H * BLOCK_W for 16/32-bit inputs; a quarter of that for float64
 TRITON_MAX_N = 32
 
@@ -349,8 +349,25 @@ def _meta(N: int, H: int, W: int, dtype: torch.dtype) -> dict:
         CDT=tl.float64 if dtype == torch.float64 else tl.float32,
         C_LO=CENTRE_RANGE[0], C_HI=CENTRE_RANGE[1], L_LO=LOG_PARAM_RANGE[0], L_HI=LOG_PARAM_RANGE[1],
         BLOCK_N=max(16, triton.next_power_of_2(N)), BLOCK_H=block_h, BLOCK_W=block_w,
-        num_warps=4 if block_h * block_w <= 32 * 32 else 8,  # unmeasured; see TRITON_MAX_TILE
+        num_warps=gaussian_num_warps(block_h * block_w, max(16, triton.next_power_of_2(N))),
     )
+
+
+def gaussian_num_warps(tile: int, block_n: int) -> int:
+    """Warps per program for a ``tile``-element image tile and a ``block_n`` filter grid.
+
+    The fp32 ``input_precision="ieee"`` dots run on FMA units with whole operand rows per thread, so
+    a 128×128 tile at 8 warps spilled 3-33 KB of registers per thread (ahead-of-time compiles for
+    sm_80/sm_90, triton 3.9, kernels/RESOURCES.md). More threads hold less of it: 16 warps cut the
+    105×105, N = 12 spills to ≤ 1.3 KB and 32 warps the 128×128, N = 32 ones to ≤ 2.5 KB (at 16 warps
+    those stayed at 13-15 KB; at 32 warps the N = 12 ones were larger than at 16). Up to 64×64, 8 warps
+    spill at most 144 B in 16/32-bit dtypes (4 and 16 warps spill more). No GPU timing yet.
+    """
+    if tile <= 32 * 32:
+        return 4
+    if tile <= 64 * 64:
+        return 8
+    return 16 if block_n <= 16 else 32
 
 
 def gaussian_read_forward(x: torch.Tensor, params: torch.Tensor, N: int) -> torch.Tensor:
@@ -540,18 +557,21 @@ def _check_write(patch: torch.Tensor, params: torch.Tensor, H: int, W: int) -> N
         raise ValueError(f"gaussian_write: params has B={params.shape[0]} rows, patch has B={patch.shape[0]}")
 
 
+def size_reason(dtype: torch.dtype, N: int, H: int, W: int) -> str | None:
+    """Why the Triton kernels cannot take an H×W image with an N×N grid in ``dtype``, or None."""
+    tile = max(16, triton.next_power_of_2(H)) * max(16, triton.next_power_of_2(W))
+    limit = TRITON_MAX_TILE // (4 if dtype == torch.float64 else 1)
+    if tile > limit:
+        return f"image {H}x{W} pads to a {tile}-element tile > {limit}: the kernels hold one image in one tile"
+    if N > TRITON_MAX_N:
+        return f"N={N} > {TRITON_MAX_N}: the backward would exceed a program's shared memory"
+    return None
+
+
 def _reasons(tensors: list[torch.Tensor], N: int, H: int, W: int):
     def triton_reason():
         why = triton_device_reason(tensors) or dtype_reason(tensors, TRITON_DTYPES)
-        if why is not None:
-            return why
-        tile = max(16, triton.next_power_of_2(H)) * max(16, triton.next_power_of_2(W))
-        limit = TRITON_MAX_TILE // (4 if tensors[0].dtype == torch.float64 else 1)
-        if tile > limit:
-            return f"image {H}x{W} pads to a {tile}-element tile > {limit}: the kernels hold one image in one tile"
-        if N > TRITON_MAX_N:
-            return f"N={N} > {TRITON_MAX_N}: the backward would exceed a program's shared memory"
-        return None
+        return why if why is not None else size_reason(tensors[0].dtype, N, H, W)
 
     return {"triton": triton_reason, "reference": lambda: None}
 

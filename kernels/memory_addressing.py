@@ -42,7 +42,10 @@ product 0 · inf arises (as in any matrix product).
 
 Backends (see ``varmem.kernels.dispatch``):
 
-* ``reference``: dense PyTorch on the [G, B, M] logits; the CPU path, the test oracle.
+* ``reference``: dense PyTorch on the [G, B, M] logits; the CPU path, the test oracle. Under ``auto``,
+  a memory of at least ``STREAM_MIN_ENTRIES`` entries that would go to the reference goes to
+  ``memory_addressing_stream`` instead (kernels/memory_addressing_stream.py: the same posterior
+  streamed over M, never B×M); a forced ``reference`` always gets the dense oracle.
 * ``triton``: never writes a B×M tensor. Cheap O(M·d) pieces stay in torch (inverse key norms,
   prior log-probabilities [G, M]); the B×M work is in kernels:
 
@@ -92,7 +95,7 @@ import torch
 import triton
 import triton.language as tl
 
-from varmem.kernels.dispatch import choose, dtype_reason, interpret_mode, triton_device_reason
+from varmem.kernels.dispatch import choose, dtype_reason, interpret_mode, requested_backend, triton_device_reason
 
 SIMILARITIES = ("normalized_dot", "dot", "cosine")
 NORM_EPS = 1e-6
@@ -163,8 +166,12 @@ class Plan:
     bwd_num_splits: int
     row_split_size: int  # dkeys backward: query rows per split (partials summed in torch)
     row_num_splits: int
+    dk_block_b: int  # dkeys backward (memory_read: dkeys and dvalues): rows per inner step
+    dk_block_m: int  # dkeys backward: entries per program
+    dk_num_warps: int
     sample_block: int
-    num_warps: int
+    sample_block_m: int  # sampling kernel: entries per inner-loop tile (divides block_m, hence every split)
+    num_warps: int  # forward and dq backward
     num_stages: int
     input_precision: str  # tl.dot input precision: "ieee" or "tf32"
 
@@ -199,11 +206,17 @@ def _split(n: int, block: int, other_programs: int, device: torch.device, overri
 def make_plan(G: int, B: int, M: int, d: int, dtype: torch.dtype, device: torch.device, *, tf32: bool = False, dv: int = 0) -> Plan:
     """Tile sizes and splits for [G, B, d] queries against [G, M, d] keys (and [G, M, dv] values).
 
-    Heuristics (unmeasured): BLOCK_D = next power of two >= max(d, 16); BLOCK_B = the next
-    power of two of B in [16, 64]; BLOCK_M keeps one [BLOCK_M, BLOCK_D] tile near 32 KiB
-    (two pipeline stages fit in shared memory at d = 256 in fp32); the interpreter uses 32.
+    Heuristics (no GPU timing yet): BLOCK_D = next power of two >= max(d, 16); BLOCK_B = the next
+    power of two of B in [16, 64]; on a GPU, BLOCK_M keeps the [BLOCK_M, BLOCK_D (+ BLOCK_DV)] key (and
+    value) tiles within 32 KiB, and BLOCK_B the query tiles likewise (two pipeline stages then fit in
+    the A100's shared memory: kernels/RESOURCES.md); the interpreter uses BLOCK_M = 32.
+
+    The dkeys backward has its own tile (``dk_*``, see :func:`dk_tile`): it holds a key tile and
+    its gradient accumulator in registers for the whole loop over B, and in the FMA path (float32
+    without TF32, float64) the forward's tile spills kilobytes of registers (kernels/RESOURCES.md).
     """
     cfg = _LAUNCH.get()
+    fma = dtype == torch.float64 or (dtype == torch.float32 and not tf32)  # tl.dot on FMA units, not tensor cores
     block_d = max(16, triton.next_power_of_2(d))
     tile_d = max(block_d, triton.next_power_of_2(max(dv, 1)))  # widest [BLOCK_M, *] tile (keys or values)
     block_b = cfg.block_b or min(64, max(16, triton.next_power_of_2(B)))
@@ -214,14 +227,41 @@ def make_plan(G: int, B: int, M: int, d: int, dtype: torch.dtype, device: torch.
         block_m = 32
     else:
         block_m = 128
-        while block_m * tile_d * elem > 32 * 1024 and block_m > 16:
+        # keys, and for memory_read the values too: both [BLOCK_M, *] tiles count (an ahead-of-time
+        # compile for sm_80 of the read backward at d = dv = 128 needed 213,248 B in float64 and
+        # 197,120 B in float32 with TF32 when only one tile was counted: over the A100's 166,912 B)
+        tile_width = block_d + (triton.next_power_of_2(dv) if dv else 0)
+        while block_m * tile_width * elem > 32 * 1024 and block_m > 16:
             block_m //= 2
+        # the [BLOCK_B, *] query (and, reading, upstream-gradient) tiles too: at d = dv = 128 in float64
+        # the read backward's dq with BLOCK_B = 64 needed 172,160 B on sm_80 even at BLOCK_M = 16
+        if cfg.block_b is None:
+            while block_b * tile_width * elem > 32 * 1024 and block_b > 16:
+                block_b //= 2
+            # FMA dots (float32 without TF32, float64) hold whole operand rows per thread: at d = 128, float32,
+            # BLOCK_B = 64 spilled 2.5-2.9 KB (forward, sm_90) and 13-19 KB (dq backward, sm_80) of registers
+            # per thread; BLOCK_B = 32 compiles without spills (kernels/RESOURCES.md)
+            if fma and tile_d >= 128:
+                block_b = min(block_b, 32)
     row_programs = G * _cdiv(B, block_b)
     split_size = _split(M, block_m, row_programs, device, cfg.split_size, SAMPLE_SPLIT_CAP)
     bwd_split_size = _split(M, block_m, row_programs, device, cfg.bwd_split_size, None)
-    # dkeys: split B when the M-blocks alone do not fill the device (large B, small M)
-    row_split_size = _split(B, block_b, G * _cdiv(M, block_m), device, cfg.row_split_size, None)
     sample_block = cfg.sample_block or (256 if interpret_mode() and device.type == "cpu" else 32)
+    on_gpu = not (interpret_mode() and device.type == "cpu")  # the interpreter uses one tile for every kernel
+    # memory_read in the FMA path: at 4 warps the read forward spilled 440 B (d = 64) and 748 B (d = 128) of
+    # registers per thread on sm_90 (float32), the dq backward 56-68 B on sm_80; at 8 warps neither spills
+    # (80-254 registers, sm_80 and sm_90; float64 too)
+    num_warps = cfg.num_warps or (8 if block_m * tile_d >= 64 * 128 or (fma and dv and on_gpu) else 4)
+    input_precision = "tf32" if (tf32 and dtype == torch.float32) else "ieee"
+    if not on_gpu or cfg.block_m is not None or cfg.block_b is not None:
+        dk_block_b, dk_block_m, dk_num_warps = block_b, block_m, num_warps  # tests force one tile for all kernels
+        sample_block_m = block_m
+    else:
+        dk_block_b, dk_block_m, dk_num_warps = dk_tile(dtype, input_precision, tile_d, block_b, block_m, num_warps, reads=dv > 0)
+        sample_block_m = min(block_m, FMA_SAMPLE_MAX_M) if fma else block_m
+    dk_num_warps = cfg.num_warps or dk_num_warps
+    # dkeys: split B when the M-blocks alone do not fill the device (large B, small M)
+    row_split_size = _split(B, dk_block_b, G * _cdiv(M, dk_block_m), device, cfg.row_split_size, None)
     return Plan(
         block_b=block_b,
         block_m=block_m,
@@ -232,11 +272,44 @@ def make_plan(G: int, B: int, M: int, d: int, dtype: torch.dtype, device: torch.
         bwd_num_splits=_cdiv(M, bwd_split_size),
         row_split_size=row_split_size,
         row_num_splits=_cdiv(B, row_split_size),
+        dk_block_b=dk_block_b,
+        dk_block_m=dk_block_m,
+        dk_num_warps=dk_num_warps,
         sample_block=sample_block,
-        num_warps=cfg.num_warps or (8 if block_m * tile_d >= 64 * 128 else 4),
+        sample_block_m=sample_block_m,
+        num_warps=num_warps,
         num_stages=cfg.num_stages or 2,
-        input_precision="tf32" if (tf32 and dtype == torch.float32) else "ieee",
+        input_precision=input_precision,
     )
+
+
+# The dkeys backward's tile in the FMA path (float32 with input_precision="ieee", float64: tl.dot
+# runs on FMA units, and each thread holds whole operand rows). Chosen from ahead-of-time compiles
+# for sm_90 and sm_80 with triton 3.9 (kernels/RESOURCES.md): at d = 64, float32, the forward's tile
+# (BLOCK_M = 128, BLOCK_B = 32, 8 warps) spilled 8.3 KB of registers per thread (4 warps: 18 KB);
+# BLOCK_B = 16 with BLOCK_M = 32 (d <= 64) or 16 (d = 128) and 8 warps compiles without spills
+# (203 and 200 registers). Tensor-core dtypes (float16, bfloat16, float32 with TF32) keep the forward's tile.
+TENSOR_CORE_DK_MAX_M = 64
+# The sampling kernel's key tile in the FMA path: at BLOCK_M = 128, d = 64 (float32, sm_80) it spilled 344 B
+# of registers per thread, at BLOCK_M = 64, d = 128 4.4 KB (ptxas fell back to 48 registers); BLOCK_M = 32
+# compiles without spills on sm_80 and sm_90 at d = 64 and 128 (80-97 registers). Splits are multiples of
+# BLOCK_M (a power of two >= 32 on a GPU), so this smaller tile walks a split exactly.
+FMA_SAMPLE_MAX_M = 32
+FMA_DK_TILE = {64: (16, 32, 8), 128: (16, 16, 8), 256: (16, 16, 8)}  # tile_d -> (BLOCK_B, BLOCK_M, warps)
+
+
+def dk_tile(dtype: torch.dtype, input_precision: str, tile_d: int, block_b: int, block_m: int, num_warps: int,
+            reads: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_M, num_warps) of the dkeys backward on a GPU (see FMA_DK_TILE)."""
+    fma = dtype == torch.float64 or (dtype == torch.float32 and input_precision == "ieee")
+    if not fma:
+        # tensor cores: at BLOCK_M = 128 the float16/bfloat16 dkeys backward spilled 36-744 B of registers
+        # per thread on sm_80 and sm_90 (BLOCK_B 16-64, d 64-128); BLOCK_M = 64 compiles without spills
+        return block_b, min(block_m, TENSOR_CORE_DK_MAX_M), num_warps
+    b, m, w = FMA_DK_TILE[max(64, tile_d)]
+    # memory_read's dkeys/dvalues backward also holds the value tile and its gradient: at d = dv = 64,
+    # BLOCK_M = 32 spilled 2.3 KB per thread (float32, sm_80/sm_90); BLOCK_M = 16 compiles without spills
+    return b, (16 if reads else m), w
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -782,17 +855,22 @@ def memory_addressing_backward(
         dr_part = torch.empty(G, SB, M, device=query.device, dtype=acc) if has_scale else None
         dlp_part = torch.empty(G, SB, M, device=query.device, dtype=acc) if has_prior else None
         vec = _dummy(dr_part, _dummy(dlp_part, dk_part[:, :, :, 0]))  # strides of the [G, SB, M] outputs
-        _memory_addressing_bwd_dk_kernel[(_cdiv(M, plan.block_m) * SB, G)](
+        _memory_addressing_bwd_dk_kernel[(_cdiv(M, plan.dk_block_m) * SB, G)](
             query, keys, r, lp, lse, c1, c2, dk_part, _dummy(dr_part, vec), _dummy(dlp_part, vec),
             B, M, D, plan.row_split_size,
             query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), r.stride(0), lp.stride(0), c1.stride(0),
             dk_part.stride(0), dk_part.stride(1), dk_part.stride(2), vec.stride(0), vec.stride(1),
-            **common,
+            **dk_launch(common, plan),
         )
         dk = dk_part[:, 0] if SB == 1 else dk_part.sum(dim=1).to(keys.dtype)
         dr = None if dr_part is None else dr_part.sum(dim=1)
         dlp = None if dlp_part is None else dlp_part.sum(dim=1)
     return dq, dk, dr, dlp
+
+
+def dk_launch(common: dict, plan: Plan) -> dict:
+    """The launch arguments of a dkeys backward: ``common`` with the dk tile."""
+    return {**common, "BLOCK_B": plan.dk_block_b, "BLOCK_M": plan.dk_block_m, "num_warps": plan.dk_num_warps}
 
 
 def memory_addressing_sample(
@@ -848,7 +926,7 @@ def memory_addressing_sample(
             M, D, plan.split_size, S,
             query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), r.stride(0),
             HAS_SCALE=inv_norm is not None, ACC=_tl_acc(query.dtype), PRECISION=plan.input_precision,
-            BLOCK_S=plan.sample_block, BLOCK_M=plan.block_m, BLOCK_D=plan.block_d,
+            BLOCK_S=plan.sample_block, BLOCK_M=plan.sample_block_m, BLOCK_D=plan.block_d,
             num_warps=4, num_stages=plan.num_stages,
         )
         addresses = torch.empty_like(out_sorted)
@@ -962,6 +1040,13 @@ def memory_addressing(
         {"triton": lambda: _triton_reason(tensors, query.shape[-1]), "reference": lambda: None},
     )
     if backend == "reference":
+        # imported here: the stream module imports this one
+        from varmem.kernels.memory_addressing_stream import STREAM_MIN_ENTRIES, memory_addressing_stream
+
+        if requested_backend() == "auto" and keys.shape[-2] >= STREAM_MIN_ENTRIES:  # large memory: stream over M
+            return memory_addressing_stream(
+                query, keys, prior_query=prior_query, num_samples=num_samples, similarity=similarity, generator=generator
+            )
         return memory_addressing_reference(
             query, keys, prior_query=prior_query, num_samples=num_samples, similarity=similarity, generator=generator
         )

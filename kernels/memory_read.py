@@ -46,6 +46,7 @@ from varmem.kernels.memory_addressing import (
     _triton_reason,
     acc_dtype,
     check_memory_inputs,
+    dk_launch,
     make_plan,
     refuse_double_backward,
     similarity_logits,
@@ -315,12 +316,12 @@ def memory_read_backward(
         dv_part = torch.empty(G, SB, M, DV, device=query.device, dtype=values.dtype if SB == 1 else acc)
         dr_part = torch.empty(G, SB, M, device=query.device, dtype=acc) if has_scale else None
         vec = _dummy(dr_part, dk_part[:, :, :, 0])
-        _memory_read_bwd_dkv_kernel[(_cdiv(M, plan.block_m) * SB, G)](
+        _memory_read_bwd_dkv_kernel[(_cdiv(M, plan.dk_block_m) * SB, G)](
             query, keys, r, values, grad_out, lse, delta, dk_part, vec, dv_part,
             B, M, D, DV, plan.row_split_size, *strides,
             dk_part.stride(0), dk_part.stride(1), dk_part.stride(2), vec.stride(0), vec.stride(1),
             dv_part.stride(0), dv_part.stride(1), dv_part.stride(2),
-            **common,
+            **dk_launch(common, plan),
         )
         dk = dk_part[:, 0] if SB == 1 else dk_part.sum(dim=1).to(keys.dtype)
         dv = dv_part[:, 0] if SB == 1 else dv_part.sum(dim=1).to(values.dtype)

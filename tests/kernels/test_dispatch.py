@@ -114,3 +114,25 @@ def test_forced_reference_serves_any_device():
     with use_backend("reference"):
         out = vimco(torch.randn(3, 4))
     assert out.bound.shape == (3,)
+
+
+@pytest.mark.parametrize("dtype,tf32", [(torch.float32, False), (torch.float32, True), (torch.float16, False),
+                                        (torch.float64, False)])
+@pytest.mark.parametrize("d,dv", [(64, 0), (128, 0), (64, 64), (128, 128)])
+@pytest.mark.parametrize("M", [32, 10_000, 1_000_000])
+def test_gpu_plan_sample_tile_walks_splits_and_fma_reads_use_8_warps(monkeypatch, dtype, tf32, d, dv, M):
+    """make_plan for a GPU (132 SMs, as the sm_90 table): in the FMA path (float32 without TF32, float64) the
+    sampling kernel's key tile is at most FMA_SAMPLE_MAX_M entries and memory_read's launches use 8 warps (both
+    chosen from ahead-of-time compiles, kernels/RESOURCES.md); the sampling tile divides the forward's tile and
+    so every split it walks; tensor-core dtypes keep the forward's tile."""
+    ma = importlib.import_module("varmem.kernels.memory_addressing")
+    monkeypatch.setattr(ma, "_num_sms", lambda device: 132)
+    plan = ma.make_plan(1, 32, M, d, dtype, torch.device("cuda"), tf32=tf32, dv=dv)
+    fma = dtype == torch.float64 or (dtype == torch.float32 and not tf32)
+    assert plan.block_m % plan.sample_block_m == 0 and plan.split_size % plan.sample_block_m == 0
+    assert plan.sample_block_m == (min(plan.block_m, ma.FMA_SAMPLE_MAX_M) if fma else plan.block_m)
+    if fma and dv:
+        assert plan.num_warps == 8
+    with ma.launch_config(block_m=64):  # an override forces one tile for every kernel
+        forced = ma.make_plan(1, 32, M, d, dtype, torch.device("cuda"), tf32=tf32, dv=dv)
+    assert forced.sample_block_m == forced.block_m == 64

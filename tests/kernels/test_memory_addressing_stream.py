@@ -8,6 +8,7 @@ test at a size where the dense reference needs ~30× more.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import zlib
 
@@ -320,3 +321,90 @@ def test_peak_memory_is_a_small_fraction_of_the_dense_reference():
     # and it computed the right thing: lse of a few rows against the dense logits
     s = similarity_logits(q[None, :3], k[None], "normalized_dot")[0]  # [3, M]
     assert_close(out.log_normalizer[:3], torch.logsumexp(s.double(), -1), atol=1e-4, rtol=1e-5, name="lse")
+
+
+# --- dispatch: memory_addressing under "auto" streams large memories ---------------------------
+
+
+def _counted(monkeypatch):
+    """Count the calls of the streaming and the dense implementations behind ``memory_addressing``."""
+    # the modules (``varmem.kernels.memory_addressing`` etc. are also names of functions in the package)
+    ma = importlib.import_module("varmem.kernels.memory_addressing")
+    mas = importlib.import_module("varmem.kernels.memory_addressing_stream")
+
+    calls = {"stream": 0, "dense": 0}
+    stream, dense = mas.memory_addressing_stream, ma.memory_addressing_reference
+
+    def counted_stream(*args, **kwargs):
+        calls["stream"] += 1
+        return stream(*args, **kwargs)
+
+    def counted_dense(*args, **kwargs):
+        calls["dense"] += 1
+        return dense(*args, **kwargs)
+
+    monkeypatch.setattr(mas, "memory_addressing_stream", counted_stream)
+    monkeypatch.setattr(ma, "memory_addressing_reference", counted_dense)
+    monkeypatch.delenv("VARMEM_KERNELS", raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("prior", [None, "shared"])
+@pytest.mark.parametrize("offset,path", [(0, "stream"), (-1, "dense"), (DEFAULT_CHUNK, "stream")])
+def test_auto_dispatch_streams_from_the_threshold(monkeypatch, prior, offset, path):
+    """Under ``auto`` on CPU, M >= STREAM_MIN_ENTRIES goes to the streaming implementation and a smaller
+    memory to the dense reference; either way the outputs and the query gradient match the float64 oracle."""
+    from varmem.kernels import memory_addressing
+    from varmem.kernels.memory_addressing_stream import STREAM_MIN_ENTRIES
+
+    calls = _counted(monkeypatch)
+    B, M, d = 3, STREAM_MIN_ENTRIES + offset, 8
+    q, k, pq = _inputs(M + (prior is not None), B, M, d, torch.float32, prior=prior, device="cpu")
+    out = memory_addressing(q, k, prior_query=pq, num_samples=4, generator=torch.Generator().manual_seed(0))
+    assert calls == {"stream": int(path == "stream"), "dense": int(path == "dense")}, calls
+    expected = _oracle(q, k, pq, "normalized_dot", out.addresses)
+    atol, rtol = TOLERANCES[torch.float32]
+    for name in NAMES:
+        assert_close(getattr(out, name), expected[name], atol=atol, rtol=rtol, name=name)
+    (g,) = torch.autograd.grad((out.log_normalizer + out.kl).sum(), [q])
+    (g_ref,) = torch.autograd.grad((expected["log_normalizer"] + expected["kl"]).sum(), [q])
+    assert_close(g, g_ref, atol=atol, rtol=rtol, name="dquery")
+
+
+def test_auto_streaming_equals_the_stream_function(monkeypatch):
+    """The dispatched call passes every argument through: same addresses and outputs as calling
+    memory_addressing_stream directly with the same generator seed (grouped episodes, dot similarity)."""
+    from varmem.kernels import memory_addressing
+    from varmem.kernels.memory_addressing_stream import STREAM_MIN_ENTRIES
+
+    calls = _counted(monkeypatch)
+    q, k, pq = _inputs(7, 2, STREAM_MIN_ENTRIES + 5, 4, torch.float64, G=2, prior="per_episode", device="cpu")
+    kwargs = dict(prior_query=pq, num_samples=5, similarity="dot")
+    out = memory_addressing(q, k, generator=torch.Generator().manual_seed(3), **kwargs)
+    direct = memory_addressing_stream(q, k, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert calls["stream"] == 1 and calls["dense"] == 0
+    assert torch.equal(out.addresses, direct.addresses)
+    for name in NAMES:
+        assert torch.equal(getattr(out, name), getattr(direct, name)), name
+
+
+@pytest.mark.parametrize("force", ["context", "env"])
+def test_forced_reference_keeps_the_dense_oracle(monkeypatch, force):
+    """``use_backend("reference")`` (or VARMEM_KERNELS=reference) gets the dense reference at any M;
+    ``use_backend("auto")`` streams again inside an outer ``reference`` setting."""
+    from varmem.kernels import memory_addressing, use_backend
+    from varmem.kernels.memory_addressing_stream import STREAM_MIN_ENTRIES
+
+    calls = _counted(monkeypatch)
+    q, k, _ = _inputs(11, 2, STREAM_MIN_ENTRIES * 2, 4, torch.float32, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    if force == "env":
+        monkeypatch.setenv("VARMEM_KERNELS", "reference")
+        memory_addressing(q, k, generator=gen)
+    else:
+        with use_backend("reference"):
+            memory_addressing(q, k, generator=gen)
+    assert calls == {"stream": 0, "dense": 1}, calls
+    with use_backend("auto"):
+        memory_addressing(q, k, generator=gen)
+    assert calls == {"stream": 1, "dense": 1}, calls
