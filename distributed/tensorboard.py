@@ -11,6 +11,7 @@ directory). Tags::
     val/memory_use  val/accuracy                             (every val_every steps and at the end)
     samples/one_shot_means (image) exemplar | Bernoulli means of draws from p(x | M = {exemplar}), one row per class
     address/q_a_top5   (image) targets and their 5 most probable memory entries under q(a|x)
+    attention/steps    (image) DRAW-style families: read and write windows and the canvas at each step
     hparams            the run's config (flattened, ``section.key``) with final/* metrics
 
 memory_use = KL(q(a|x) || p(a)) / log|M|: 0 when the addresses follow the prior, 1 when each
@@ -75,6 +76,11 @@ class RunWriter:
             pic = address_picture(model, dataset, split, targets=6, ways=shape.ways, shots=shape.shots, top=5,
                                   seed=PICTURE_SEED, **data)
             self.writer.add_image("address/q_a_top5", pic, step, dataformats="HW")
+        if callable(getattr(model, "attention_trace", None)):  # DRAW-style families (varmem.models.eval.attention)
+            from varmem.models.eval.attention import attention_picture
+
+            pic = attention_picture(model, dataset, split, targets=4, max_columns=12, seed=PICTURE_SEED, **data)
+            self.writer.add_image("attention/steps", pic, step, dataformats="HWC")
 
     def hparams(self, config, final: dict[str, Any]) -> None:
         """The run's hyperparameters with its final metrics (TensorBoard's HPARAMS tab), in this run's

@@ -91,3 +91,18 @@ def test_tensorboard_can_be_turned_off(tiny_data, tmp_path):
     cfg = config(tiny_data, run, steps=2).with_overrides(["run.tensorboard=false"])
     train(cfg, context=QUIET)
     assert not (run / "tensorboard").exists() and (run / FINAL_FILE).is_file()
+
+
+def test_a_draw_style_family_logs_its_attention_picture(tiny_data, tmp_path):
+    from tests.models.families.test_sequential import CASES
+
+    run = tmp_path / "run"
+    cfg = config(tiny_data, run, steps=3, val_every=3, log_every=3, checkpoint_every=3)
+    raw = cfg.to_dict()
+    raw["model"] = {"name": "sequential", **CASES["rezende-additive"]}
+    train(RunConfig.from_dict(raw), context=QUIET)
+    acc = events(run)
+    assert {"samples/one_shot_means", "attention/steps"} <= set(acc.Tags()["images"])
+    assert "address/q_a_top5" not in acc.Tags()["images"]  # no address posterior
+    pic = acc.Images("attention/steps")
+    assert [e.step for e in pic] == [3] and pic[0].width > 200 and pic[0].height > 100
