@@ -237,7 +237,7 @@ def glob_escape(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_directory(out: Path, overwrite: bool, need_bytes: int | None = None) -> Iterator[Path]:
+def atomic_directory(out: Path, overwrite: bool, need_bytes: int | None = None) -> Iterator[Path]:
     """Yield a hidden temporary directory beside ``out``; rename it to ``out`` when the block
     completes, remove it when the block raises. An existing ``out`` is replaced only on success.
     Stale building folders of killed builds are removed first; ENOSPC / EDQUOT becomes a
@@ -319,7 +319,7 @@ def build_dataset(
     split_names = split.assign(records)
     s = preprocessing.size
     need = sum(len(r.image_names) or 20 for r in records) * (s * s + ROW_OVERHEAD_BYTES)
-    with _atomic_directory(out, overwrite, need) as tmp:
+    with atomic_directory(out, overwrite, need) as tmp:
         manifest = _base_manifest(source, preprocessing, "classes")
         manifest["split"] = split.describe()
         alphabets = sorted({r.alphabet for r in records})
@@ -421,7 +421,7 @@ def build_lake_runs(source, out: str | Path, *, preprocessing: Preprocessing, ov
         raise DataError(f"{source.options().get('path', 'lake-runs source')}: no runs found")
     s = preprocessing.size
     need = sum(len(r.memory_names) + len(r.target_names) for r in runs) * (s * s + ROW_OVERHEAD_BYTES)
-    with _atomic_directory(out, overwrite, need) as tmp:
+    with atomic_directory(out, overwrite, need) as tmp:
         manifest = _base_manifest(source, preprocessing, "lake-runs")
         manifest["split"] = {"policy": "official-runs"}
         manifest["alphabets"] = [f"run{r.run:02d}" for r in runs]

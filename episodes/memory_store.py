@@ -136,7 +136,7 @@ def build_memory_store(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Encode ``classes`` × ``per_class`` entries of ``source`` into a store at ``out``; the manifest."""
-    from varmem.episodes.build import _atomic_directory  # the datasets' atomic build folder
+    from varmem.episodes.build import atomic_directory  # the datasets' atomic build folder
     from varmem.progress import progress as progress_bar
 
     if key_dtype not in KEY_DTYPES:
@@ -167,7 +167,7 @@ def build_memory_store(
     t0 = time.perf_counter()
     need = N * (key_width * np.dtype(dtype_np).itemsize + 24)
     out = Path(out)
-    with _atomic_directory(out, overwrite, need) as tmp:
+    with atomic_directory(out, overwrite, need) as tmp:
         shards: list[dict[str, Any]] = []
         buf = _ShardBuffer(shard_entries, key_width, dtype_np)
         bar = progress_bar(total=N, desc=f"encoding {out.name}", unit="entry", quiet=not progress, unit_scale=True)
