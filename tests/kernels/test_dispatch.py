@@ -136,3 +136,51 @@ def test_gpu_plan_sample_tile_walks_splits_and_fma_reads_use_8_warps(monkeypatch
     with ma.launch_config(block_m=64):  # an override forces one tile for every kernel
         forced = ma.make_plan(1, 32, M, d, dtype, torch.device("cuda"), tf32=tf32, dv=dv)
     assert forced.sample_block_m == forced.block_m == 64
+
+
+@pytest.mark.skipif(not dispatch.interpret_mode(), reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+@pytest.mark.parametrize("B,M,d", [(64, 300, 128), (40, 150, 64)])
+def test_gpu_plans_compute_the_reference_in_the_interpreter(monkeypatch, B, M, d):
+    """The interpreter normally gets one tile for every kernel; here make_plan builds the GPU plan (separate
+    dkeys, sampling and query tiles, 8-warp reads: what only a GPU would run) and the kernels run it in the
+    interpreter: the posterior, its KL, log q of the sampled entries and every gradient equal the float64
+    reference, and memory_read too."""
+    from varmem.kernels import memory_addressing, memory_read
+    from varmem.kernels.memory_addressing import similarity_logits
+
+    ma = importlib.import_module("varmem.kernels.memory_addressing")
+    monkeypatch.setattr(ma, "_num_sms", lambda device: 132)
+    gpu_plan = ma.make_plan
+    monkeypatch.setattr(ma, "make_plan", lambda *a, **k: _gpu_plan(gpu_plan, monkeypatch, ma, *a, **k))
+    mr = importlib.import_module("varmem.kernels.memory_read")
+    monkeypatch.setattr(mr, "make_plan", ma.make_plan)
+    g = torch.Generator().manual_seed(B + M + d)
+    q, k, ep, v = (torch.randn(*s, generator=g) for s in ((B, d), (M, d), (d,), (M, 32)))
+    plan = ma.make_plan(1, B, M, d, torch.float32, torch.device("cpu"))
+    assert (plan.dk_block_m, plan.sample_block_m) != (plan.block_m, plan.block_m)  # really a different tiling
+
+    def run(backend, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, ep, v)]
+        with use_backend(backend):
+            out = memory_addressing(leaves[0], leaves[1], prior_query=leaves[2], num_samples=4)
+            read = memory_read(leaves[0], leaves[1], leaves[3])
+        (out.kl.sum() + out.log_normalizer.sum() + (read * read).sum()).backward()
+        return out, read, [t.grad for t in leaves]
+
+    out, read, grads = run("triton", torch.float32)
+    ref, ref_read, ref_grads = run("reference", torch.float64)
+    torch.testing.assert_close(out.kl.double(), ref.kl, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.log_normalizer.double(), ref.log_normalizer, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(read.double(), ref_read, atol=1e-4, rtol=1e-4)
+    for name, got, want in zip(("query", "keys", "prior_query", "values"), grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=1e-3, msg=lambda m, n=name: f"d{n}: {m}")
+    log_q = torch.log_softmax(similarity_logits(q.double()[None], k.double()[None], "normalized_dot")[0], -1)
+    assert bool(((out.addresses >= 0) & (out.addresses < M)).all())
+    torch.testing.assert_close(out.log_q.double(), log_q.gather(1, out.addresses.long()), atol=1e-4, rtol=1e-5)
+
+
+def _gpu_plan(make_plan, monkeypatch, ma, *args, **kwargs):
+    """make_plan as on a GPU: interpret_mode() False while the plan is made (the kernels still interpret)."""
+    with monkeypatch.context() as m:
+        m.setattr(ma, "interpret_mode", lambda: False)
+        return make_plan(*args, **kwargs)
