@@ -265,6 +265,10 @@ def summary_row(provider: str, chunk: int | None, measured: list[dict[str, Any]]
     if not points:
         return {**row, "error": "no peak measured"}
     a, b = fit_line(points)
+    if b <= 0:  # the peaks are within RSS noise (a few MiB at small M): no slope to fit. Since a ≥ 0,
+        # each point's y/x bounds the per-entry cost from above; the smallest is the tightest bound
+        a, b = 0.0, min(max(y, 0) / x for x, y in points)
+        row["case"] += " (per entry: an upper bound, the peaks showed no positive slope)"
     per_key = 4 * d  # float32 keys
     row.update(fit_points=len(points), extra_bytes_fixed=a, extra_bytes_per_entry=b,
                largest_m_keys_resident=largest_m(a, b, per_key if key == "peak_extra_bytes" else 0.0, budget))

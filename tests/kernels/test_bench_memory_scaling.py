@@ -33,3 +33,14 @@ def test_streaming_and_dense_rows(tmp_path, capsys):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["environment"]["python"] and meta["budget_bytes"] == 16 << 30
     assert "median" not in capsys.readouterr().err  # progress lines only
+
+
+def test_a_fit_without_positive_slope_gives_an_upper_bound():
+    # the CI failure this guards: a warm-up allocation made the smaller M's peak the larger one
+    from varmem.benchmarks.bench_memory_scaling import summary_row
+
+    measured = [{"M": 20_000, "peak_extra_bytes": 2_867_000}, {"M": 60_000, "peak_extra_bytes": 200_700}]
+    row = summary_row("stream", None, measured, 32, 16, 16 * 2**30, "cpu")
+    assert row["extra_bytes_per_entry"] == pytest.approx(200_700 / 60_000) and "upper bound" in row["case"]
+    assert row["largest_m_keys_resident"] == int(16 * 2**30 // (200_700 / 60_000 + 4 * 16))
+    assert row["largest_m_keys_mapped"] > row["largest_m_keys_resident"] > 0
