@@ -35,7 +35,7 @@ from varmem.episodes.errors import DataError
 from varmem.episodes.manifest import read_manifest, shard_path
 from varmem.episodes.roles import manifest_roles, resolve_split
 from varmem.episodes.shards import IMAGE_COLUMN, Shard, open_shard, sha256_file
-from varmem.episodes.stamps import Stamps, entry_digest, stat_record, verify_enabled
+from varmem.episodes.stamps import Stamps, entry_digest, stat_record, unverified, verify_enabled
 from varmem.episodes.storage import Location, is_uri, location
 
 
@@ -229,16 +229,7 @@ class Dataset:
         if self.remote:
             return
         stamps = Stamps(self.directory)
-        todo = []
-        for field, entry in self._entries():
-            path = self.shard_file(entry, f"{field}.file")
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                todo.append((field, entry))
-                continue
-            if not stamps.matches(entry["file"], st, entry["sha256"], self._digest(entry)):
-                todo.append((field, entry))
+        todo = unverified(stamps, self._entries(), lambda field, e: self.shard_file(e, f"{field}.file"), self._digest)
         problems = self._check_all(todo, stamps)
         stamps.save({entry["file"] for _, entry in self._entries()})
         if problems:

@@ -62,7 +62,7 @@ import pyarrow.ipc as ipc
 from varmem.episodes.errors import DataError
 from varmem.episodes.manifest import MAX_MANIFEST_BYTES, check_file_name, shard_path
 from varmem.episodes.shards import sha256_file
-from varmem.episodes.stamps import Stamps, entry_digest, stat_record, verify_enabled
+from varmem.episodes.stamps import Stamps, entry_digest, stat_record, unverified, verify_enabled
 
 SCHEMA = "varmem.memory_store"
 SCHEMA_VERSION = 1
@@ -537,16 +537,8 @@ class MemoryStore:
     def check_shards(self) -> None:
         """Every shard against the manifest, skipping those whose verified stamp still matches."""
         stamps = Stamps(self.directory)
-        todo = []
-        for field, entry in self._entries():
-            path = shard_path(self.directory, entry["file"], f"{field}.file")
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                todo.append((field, entry))
-                continue
-            if not stamps.matches(entry["file"], st, entry["sha256"], self._digest(entry)):
-                todo.append((field, entry))
+        todo = unverified(stamps, self._entries(), lambda field, e: shard_path(self.directory, e["file"], f"{field}.file"),
+                          self._digest)
         problems = self._check_all(todo, stamps)
         stamps.save({e["file"] for _, e in self._entries()})
         if problems:

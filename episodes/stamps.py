@@ -103,6 +103,22 @@ class Stamps:
         return None
 
 
+def unverified(stamps: "Stamps", entries, path_of, digest_of) -> list:
+    """The (field, entry) pairs of ``entries`` whose file is missing or whose stamp no longer matches:
+    the shards an opener must check (a dataset's, a memory store's). ``path_of(field, entry)`` is the
+    shard's path, ``digest_of(entry)`` the digest of its manifest entry."""
+    todo = []
+    for field, entry in entries:
+        try:
+            st = os.stat(path_of(field, entry))
+        except FileNotFoundError:
+            todo.append((field, entry))
+            continue
+        if not stamps.matches(entry["file"], st, entry["sha256"], digest_of(entry)):
+            todo.append((field, entry))
+    return todo
+
+
 def _read(path: Path) -> dict[str, dict[str, Any]]:
     """The shards of a stamp file; {} when it is absent, not a regular file, too large or not ours."""
     try:
