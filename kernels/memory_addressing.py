@@ -786,21 +786,30 @@ def memory_addressing_forward(
         PRECISION=plan.input_precision, BLOCK_B=plan.block_b, BLOCK_M=plan.block_m, BLOCK_D=plan.block_d,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
-    # merge the splits (flash-decoding): weights exp(m_s − m)
-    m = m_s.max(dim=1).values  # [G, B]
-    w = torch.exp(m_s - m.unsqueeze(1))  # [G, S, B]
-    total = (w * l_s).sum(dim=1)  # Σ_a exp(S − m)
-    # Σ_a exp(S − m)(S − m − log p_a); a split whose S are all −inf has l_s = 0 and m_s = −inf
-    dm = torch.where(l_s > 0, (m_s - m.unsqueeze(1)) * l_s, torch.zeros_like(l_s))
-    t = (w * (t_s + dm)).sum(dim=1)
+    # merge the splits (flash-decoding): weights exp(m_s − m); invalid rows NaN, as in the reference (no host sync)
+    lse, kl = merge_partials(m_s, l_s, t_s, None if log_prior is not None else M)
+    return lse, kl, m_s, l_s
+
+
+def merge_partials(max_: torch.Tensor, sumexp: torch.Tensor, kl_sum: torch.Tensor,
+                   uniform_prior_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lse [G, B], kl [G, B]) from chunk partials [G, S, B] (flash-decoding's split-K merge).
+
+    ``uniform_prior_size``: M when p(a) = 1/M (the partials then hold log p = 0 and log M is added).
+    A row whose lse is not finite is NaN in both (an invalid row)."""
+    m = max_.max(dim=1).values  # [G, B]
+    w = torch.exp(max_ - m.unsqueeze(1))  # [G, S, B]
+    total = (w * sumexp).sum(dim=1)  # Σ_a exp(S_a − m)
+    # re-centre each chunk's Σ e (S − m_c − log p) on the global max; a chunk of all −inf has l = 0 and m_c = −inf
+    dm = torch.where(sumexp > 0, (max_ - m.unsqueeze(1)) * sumexp, torch.zeros_like(sumexp))
+    t = (w * (kl_sum + dm)).sum(dim=1)
     lse = m + torch.log(total)
     kl = t / total - torch.log(total)  # Σ_a q_a (S_a − lse − log p_a)
-    if log_prior is None:
-        kl = kl + math.log(M)  # log p_a = −log M
-    # invalid rows (no finite log-normalizer): NaN, as in the reference (no host sync)
+    if uniform_prior_size is not None:
+        kl = kl + math.log(uniform_prior_size)
     ok = torch.isfinite(lse)
     nan = torch.full_like(lse, float("nan"))
-    return torch.where(ok, lse, nan), torch.where(ok, kl, nan), m_s, l_s
+    return torch.where(ok, lse, nan), torch.where(ok, kl, nan)
 
 
 def memory_addressing_backward(

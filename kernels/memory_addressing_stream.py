@@ -64,6 +64,7 @@ from varmem.kernels.memory_addressing import (
     _nan_or_one,
     acc_dtype,
     check_memory_inputs,
+    merge_partials,  # the split-K merge of the Triton forward, over chunks here
 )
 
 # Entries per chunk. Measured with `python -m varmem.benchmarks.bench_memory_scaling --sizes-m 1e6
@@ -259,25 +260,6 @@ def stream_partials(
 # ----------------------------------------------------------------------------------------------
 
 
-def merge_partials(max_: torch.Tensor, sumexp: torch.Tensor, kl_sum: torch.Tensor,
-                   uniform_prior_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lse [G, B], kl [G, B]) from chunk partials [G, S, B] (flash-decoding's split-K merge).
-
-    ``uniform_prior_size``: M when p(a) = 1/M (the partials then hold log p = 0 and log M is added).
-    A row whose lse is not finite is NaN in both (an invalid row)."""
-    m = max_.max(dim=1).values  # [G, B]
-    w = torch.exp(max_ - m.unsqueeze(1))  # [G, S, B]
-    total = (w * sumexp).sum(dim=1)  # Σ_a exp(S_a − m)
-    # re-centre each chunk's Σ e (S − m_c − log p) on the global max; a chunk of all −inf has l = 0 and m_c = −inf
-    dm = torch.where(sumexp > 0, (max_ - m.unsqueeze(1)) * sumexp, torch.zeros_like(sumexp))
-    t = (w * (kl_sum + dm)).sum(dim=1)
-    lse = m + torch.log(total)
-    kl = t / total - torch.log(total)  # Σ_a q_a (S_a − lse − log p_a)
-    if uniform_prior_size is not None:
-        kl = kl + math.log(uniform_prior_size)
-    ok = torch.isfinite(lse)
-    nan = torch.full_like(lse, float("nan"))
-    return torch.where(ok, lse, nan), torch.where(ok, kl, nan)
 
 
 def choose_chunks(max_: torch.Tensor, sumexp: torch.Tensor, v: torch.Tensor | None, num_samples: int) -> torch.Tensor:
