@@ -8,8 +8,11 @@ Measures (one CSV/JSON row each, with the machine and versions):
   in-process sampler on one core, through the prefetching stream, and inside 1 and 2 Ray
   workers (actors of one CPU each, each memory-mapping the shards itself).
   Goal: ≥ 2,000 episodes/s in-process on one core, a Ray worker within 20% of that.
+* augmentation (``varmem.episodes.augment``): the in-process sampler with 90° rotations as classes,
+  with the default affine jitter, and with both, against none (``cpu_vs_plain``: the ratio of CPU-time
+  rates; ``us_per_episode``: CPU µs per episode). ``--no-augment`` skips these rows.
 
-    python -m varmem.benchmarks.bench_episodes [--classes 1000] [--episodes 4000] [--no-ray]
+    python -m varmem.benchmarks.bench_episodes [--classes 1000] [--episodes 4000] [--no-ray] [--no-augment]
     varmem bench episodes ...
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=4000, help="episodes timed per measurement")
     p.add_argument("--omniglot", type=Path, default=DEFAULT_OMNIGLOT, help="Omniglot zip to time (skipped if absent)")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray worker measurements")
+    p.add_argument("--no-augment", action="store_true", help="skip the augmentation rows (rotations, jitter)")
     p.add_argument("--workdir", type=Path, default=None, help="where datasets are built (default: a temp dir)")
     p.add_argument("--out-dir", type=Path, default=None, help="where CSV/JSON go (default: benchmarks/results)")
 
@@ -44,18 +48,20 @@ def _pin_one_core() -> set[int] | None:
     return before
 
 
-def time_sampler(dataset_dir: str, episodes: int, mode: str = "sampler") -> tuple[float, float]:
+def time_sampler(dataset_dir: str, episodes: int, mode: str = "sampler", augment=None) -> tuple[float, float]:
     """VMA training episodes per second in this process (``sampler`` or prefetching ``stream``):
     (per wall-clock second, per CPU second of this process). The CPU-time rate is what one core
-    sustains even when other work shares the machine; the wall rate is what was seen."""
+    sustains even when other work shares the machine; the wall rate is what was seen. ``augment``:
+    an :class:`varmem.episodes.augment.Augmentation` of the episodes (None: none)."""
     import torch
 
+    from varmem.episodes.augment import Augmentation
     from varmem.episodes.sampler import EpisodeSampler
     from varmem.episodes.spec import EpisodeSpec
     from varmem.episodes.stream import EpisodeStream
 
     torch.set_num_threads(1)
-    spec = EpisodeSpec.vma_training("background")
+    spec = EpisodeSpec.vma_training("background", augment=augment or Augmentation())
     if mode == "sampler":
         sampler = EpisodeSampler(dataset_dir, spec, seed=0)
         for i in range(50):
@@ -133,10 +139,24 @@ def run(args: argparse.Namespace) -> list[dict]:
                 rate, cpu_rate = time_sampler(str(strokes), args.episodes, mode)
                 rows.append({"measure": "episodes", "case": f"in-process {mode}, 1 core", "rate": rate, "cpu_rate": cpu_rate,
                              "unit": "episodes/s", "goal": ">= 2000"})
+            plain = rows[-2]  # the in-process sampler
+            in_process, in_process_cpu = plain["rate"], plain["cpu_rate"]
+
+            # --- augmentation stages: the same sampler with rotations, jitter, both -------------
+            if not args.no_augment:
+                from varmem.episodes.augment import Augmentation
+
+                plain["us_per_episode"] = 1e6 / in_process_cpu
+                for name, aug in (("rotations", Augmentation(rotations=True)), ("jitter", Augmentation(jitter=True)),
+                                  ("rotations+jitter", Augmentation(rotations=True, jitter=True))):
+                    harness.progress(f"timing {args.episodes} VMA episodes in-process with {name} (sampler, one core) ...")
+                    rate, cpu_rate = time_sampler(str(strokes), args.episodes, "sampler", aug)
+                    rows.append({"measure": "episodes", "case": f"in-process sampler, 1 core, augment {name}", "rate": rate,
+                                 "cpu_rate": cpu_rate, "unit": "episodes/s", "cpu_vs_plain": cpu_rate / in_process_cpu,
+                                 "us_per_episode": 1e6 / cpu_rate})
         finally:
             if before is not None:
                 os.sched_setaffinity(0, before)
-        in_process, in_process_cpu = rows[-2]["rate"], rows[-2]["cpu_rate"]
 
         # --- sampling inside Ray workers ----------------------------------------------------
         if not args.no_ray:
@@ -164,7 +184,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     for r in rows:
         r["load_avg_1m"] = load
     print(harness.format_table(rows, ["measure", "case", "seconds", "images", "rate", "cpu_rate", "unit", "vs_in_process",
-                                      "cpu_vs_in_process", "goal"]))
+                                      "cpu_vs_in_process", "cpu_vs_plain", "us_per_episode", "goal"]))
     print(f"rate: per wall-clock second; cpu_rate: per CPU second of the sampling process. Load average (1 min) {load}")
     out = (Path(args.out_dir) / "episodes_cpu") if args.out_dir else harness.default_out("episodes", "cpu")
     csv_path, _ = harness.write_results(rows, out, env=env)

@@ -3,7 +3,9 @@
     varmem eval RUN_DIR [--data DIR] [--split NAME] [--samples K] [--episodes N] [--bound-episodes N] [--seed S]
                 [--checkpoint FILE] [--json] [--quiet] [--out-dir DIR] [--lake-runs DIR] [--no-pictures]
                 [--classification-episodes N] [--likelihood-episodes N] [--likelihood-samples K]
-                [--tasks 5x1,20x1|none] [--alphabets between,within] [--methods q_a,classifier,likelihood,cosine,pixel]
+                [--tasks 5x1,20x1|none] [--alphabets between,within]
+                [--methods q_a,classifier,likelihood,cosine,pixel,hausdorff,hausdorff_native]
+                [--hausdorff-data DIR] [--hausdorff-lake-runs DIR]
                 [--tables all|none|examples,classes,conditioning] [--conditioning-classes 1,2,3,4]
                 [--conditioning-examples 0,1,2,3,4,5,10,19] [--save FILE]
     varmem compare LABEL=EVAL.json ... [--out-dir DIR] [--markdown] [--force]
@@ -33,7 +35,7 @@ DEFAULT_EXAMPLES, DEFAULT_TASKS, CLASS_TABLE_TARGETS = (1, 2, 3, 4, 5, 10, 19), 
 DEFAULT_ALPHABETS = ("between", "within")
 CONDITIONING_CLASSES, CONDITIONING_EXAMPLES = (1, 2, 3, 4), (0, 1, 2, 3, 4, 5, 10, 19)
 TABLES = ("examples", "classes", "conditioning")
-METHOD_NAMES = ("q_a", "classifier", "likelihood", "cosine", "pixel")
+METHOD_NAMES = ("q_a", "classifier", "likelihood", "cosine", "pixel", "hausdorff", "hausdorff_native")
 # the example run: VMA conditions on at least one entry, so the n = 0 row is skipped for it
 EXAMPLE = {"config": "configs/vma_strokes.yaml", "targets": 32, "objective_samples": 4, "eval_classes": 220,
            "min_memory_size": 1}
@@ -83,7 +85,7 @@ def eval_epilog() -> str:
              by_conditioning),
             ("classification", f"--tasks {','.join(f'{w}x{s}' for w, s in DEFAULT_TASKS)} × --alphabets "
                                f"{','.join(DEFAULT_ALPHABETS)}:", None),
-            ("", f"q(a|x), own classifier, cosine, pixels: {CLASSIFICATION_EPISODES} episodes each", 0),
+            ("", f"q(a|x), own classifier, cosine, pixels, Hausdorff: {CLASSIFICATION_EPISODES} episodes each", 0),
             ("", f"by likelihood: --likelihood-episodes {LIKELIHOOD_EPISODES} × ways² × K={LIKELIHOOD_SAMPLES}",
              by_likelihood),
             ("in all", "", total)]
@@ -168,8 +170,18 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--methods", type=_names, default=None, metavar="M,...",
                    help="classification methods: q_a (q(a|x), address families), classifier (the family's own, e.g. "
                         "matching, kl), likelihood (p(x|M_c)), cosine (nearest neighbour on the model's embedding), "
-                        "pixel (nearest neighbour on pixels, no model: the floor). Default: every one the model has, "
-                        "and pixel; one it lacks is skipped with the reason")
+                        "pixel (nearest neighbour on pixels, no model: the floor), hausdorff (nearest neighbour by Lake "
+                        "et al.'s modified Hausdorff distance between ink points, no model), hausdorff_native (the same "
+                        "on the originals: --hausdorff-data). Default: every one the model has, pixel and hausdorff "
+                        "(and hausdorff_native with --hausdorff-data); one it lacks is skipped with the reason")
+    e.add_argument("--hausdorff-data", type=Path, default=None, metavar="DIR",
+                   help="the evaluation data at its original resolution, for hausdorff_native (Lake's baseline on "
+                        "105×105 images): the same source built with the same split options and --size 105 "
+                        "(`varmem data build ... --size 105`); checked row by row against the evaluation data, so "
+                        "that every episode holds the same images at both sizes")
+    e.add_argument("--hausdorff-lake-runs", type=Path, default=None, metavar="DIR",
+                   help="Lake's runs at their original resolution, for hausdorff_native on them (`varmem data build "
+                        "--source lake-runs --path all_runs.zip --size 105`); needs --lake-runs, checked against it")
     e.add_argument("--tables", type=_tables, default="all", metavar="LIST",
                    help="which NLL tables: examples (vs examples of one class), classes (vs classes in memory), "
                         "conditioning (the talk's table: vs conditioning examples for C_test classes), as a comma list, "
@@ -345,12 +357,14 @@ def _eval(args: argparse.Namespace) -> int:
         storage.configure_default(args.s3_endpoint)
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device, data=args.data,
                    verify_shards=False if args.no_verify_shards else None)
+    originals = _originals(args, run)
     options = {"out_dir": args.out_dir, "lake_runs": args.lake_runs, "pictures": not args.no_pictures,
                "classification_episodes": args.classification_episodes, "likelihood_episodes": args.likelihood_episodes,
                "likelihood_samples": args.likelihood_samples,
                "tables": {"all": True, "none": False}.get(args.tables, args.tables) if isinstance(args.tables, str) else args.tables,
                "methods": args.methods, "conditioning_classes": args.conditioning_classes,
                "conditioning_examples": args.conditioning_examples}
+    options.update(originals)
     if args.alphabets is not None:
         options["alphabets"] = args.alphabets
     if args.tasks == ():
@@ -369,3 +383,26 @@ def _eval(args: argparse.Namespace) -> int:
     print(format_headline(result, run.model.family))
     print(format_tables(result["protocol"]))
     return 0
+
+
+def _originals(args: argparse.Namespace, run) -> dict:
+    """The protocol options of --hausdorff-data / --hausdorff-lake-runs, each checked now, before anything runs:
+    a DataError naming the folder and the first row that differs when it does not hold the same images as the
+    evaluation data (or --lake-runs) at another size."""
+    from varmem.episodes.dataset import Dataset
+    from varmem.episodes.errors import DataError
+    from varmem.models.eval.hausdorff import check_same_episodes
+
+    out = {}
+    if args.hausdorff_data is not None:
+        native = Dataset.open(args.hausdorff_data, verify=False if args.no_verify_shards else None)
+        check_same_episodes(run.dataset, native, run.eval_split(args.split)[0], what="--hausdorff-data")
+        out["hausdorff_data"] = native
+    if args.hausdorff_lake_runs is not None:
+        if args.lake_runs is None:
+            raise DataError("--hausdorff-lake-runs needs --lake-runs (the runs at the model's size, which it must match)")
+        native = Dataset.open(args.hausdorff_lake_runs, verify=False if args.no_verify_shards else None)
+        check_same_episodes(Dataset.open(args.lake_runs, verify=False if args.no_verify_shards else None), native,
+                            what="--hausdorff-lake-runs")
+        out["hausdorff_lake_runs"] = native
+    return out

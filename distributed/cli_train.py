@@ -2,6 +2,8 @@
 
     varmem train --config FILE [--set section.key=value ...] [--steps N] [--out RUN_DIR] [--resume] [--overwrite]
     varmem train --resume --out RUN_DIR [--steps N]          (the run's own config.yaml)
+    varmem train --config FILE --cpu-budget SECONDS [--resume] (stop at this much CPU time, every session counted)
+    varmem train --config FILE --init-from RUN_DIR[/checkpoints/ckpt-N.pt] --out NEW_RUN_DIR   (fine-tune another run's model)
     varmem train ... --workers N [--gpus-per-worker G] [--address ADDR] [--max-failures F]   (Ray Train DDP)
     python -m varmem.distributed.train ...                          (the same flags; the form for `ray job submit`)
 
@@ -32,12 +34,22 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field; the value is parsed as YAML and type-checked (repeatable)")
     t.add_argument("--steps", type=int, default=None, metavar="N", help="shorthand for --set train.steps=N")
+    t.add_argument("--cpu-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop at the first step boundary where the run's CPU time (this process's, all threads, "
+                        "validation included, plus its earlier sessions' from the checkpoint; summed over --workers) "
+                        "reaches SECONDS, then validate and checkpoint as at train.steps (shorthand for --set "
+                        "train.cpu_budget_s=SECONDS)")
     t.add_argument("--out", type=str, default=None, metavar="RUN_DIR",
                    help="the run directory, a path or a URI (s3://bucket/runs/NAME, gs://..., hdfs://...) "
                         "(shorthand for --set run.out=DIR)")
     t.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in the run directory (a corrupt newer one is set aside, "
                         "with a warning)")
     t.add_argument("--overwrite", action="store_true", help="start again in a run directory that holds checkpoints")
+    t.add_argument("--init-from", default=None, metavar="RUN_DIR[/CKPT]",
+                   help="start this new run from another run's model weights: a run directory (its newest intact "
+                        "checkpoint), a checkpoint file, or a URI of either; a fresh optimizer, from step 0. The model "
+                        "section must build the same parameter shapes, the data section may differ. The run records "
+                        "the exact file and its sha256 (shorthand for --set train.init_from=...; --resume wins)")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.add_argument("--no-verify-shards", action="store_true",
                    help="trust the dataset's shards without checking their sha256 against the manifest "
@@ -65,8 +77,12 @@ def load_train_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    if getattr(args, "cpu_budget", None) is not None:
+        overrides.append(f"train.cpu_budget_s={args.cpu_budget!r}")  # 0, < 0, inf, nan: train.cpu_budget_s's error
     if args.out is not None:
         overrides.append(f"run.out={json.dumps(str(args.out))}")
+    if getattr(args, "init_from", None) is not None:
+        overrides.append(f"train.init_from={json.dumps(str(args.init_from))}")
     if getattr(args, "no_verify_shards", False):
         overrides.append("data.verify_shards=false")
     if getattr(args, "s3_endpoint", None):
@@ -122,9 +138,15 @@ def _train(args: argparse.Namespace) -> int:
 
     check_launch_flags(args)
     config = load_train_config(args)
+    from varmem.distributed.init_from import check_before_launch, for_resume, pin
     from varmem.distributed.ray_train import check_job_paths
 
     check_job_paths(config)
+    # train.init_from: a resumed run keeps the source it recorded; a fresh one pins its source now, once, for
+    # every process that trains (the exact checkpoint file and its sha256, recorded in the run's config)
+    config, source = (for_resume(config), None) if args.resume else pin(config)
+    if source is not None and args.workers > 0:
+        check_before_launch(config, source)  # the shapes fit before a cluster starts
     if args.workers == 0:
         if args.gpus_per_worker or args.address:
             raise ConfigError("--gpus-per-worker and --address are for Ray runs: add --workers N "

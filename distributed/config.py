@@ -32,6 +32,7 @@ from varmem.typed import (  # noqa: F401  (re-exported)
     ConfigError, Section, as_bytes, check_fields, check_value, is_utf8, plain, shown,
 )
 
+from varmem.episodes.augment import Augmentation
 from varmem.episodes.errors import DataError
 from varmem.episodes.files import atomic_write_text as _atomic_write_text
 from varmem.episodes.spec import ALPHABET_MODES, BINARIZE_MODES, EpisodeSpec
@@ -89,11 +90,21 @@ class EpisodeShape:
     distractors: int = 0  # classes in memory only
     alphabet: str = "any"  # "any" | "within" (all classes from one alphabet)
     targets_from_memory: bool = False  # the recall task: targets are memory entries
+    # Augmentation stages of the episode sampler (varmem.episodes.augment), pure functions of (seed, episode index),
+    # all off by default (the VMA paper used none). episode.train only: episode.eval refuses them, so validation
+    # and `varmem eval` episodes are never augmented.
+    #   rotations       90° rotations as new classes: each class c becomes 4 classes (c, r), r·90° counter-clockwise;
+    #                   within-alphabet episodes take one alphabet at one rotation
+    #   jitter          a small affine map per image: rotation ~ U(±jitter_degrees), shift ~ U(±jitter_shift) pixels
+    #                   per axis, scale ~ U(1 ± jitter_scale), shear ~ U(±jitter_shear) degrees; bilinear
+    augment: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             object.__setattr__(self, f.name, check_value(getattr(self, f.name), hints[f.name], f"episode field {f.name}"))
+        if isinstance(self.augment, dict):  # check_value hands a nested dataclass back as its checked dict
+            object.__setattr__(self, "augment", Augmentation(**self.augment))
 
 
 @dataclass(frozen=True)
@@ -106,11 +117,19 @@ class EpisodeConfig(Section):
     def __post_init__(self) -> None:
         for name in ("train", "eval"):
             value = getattr(self, name)
-            if isinstance(value, dict):
-                value = EpisodeShape(**check_fields(EpisodeShape, value, f"episode.{name}"))
-            elif not isinstance(value, EpisodeShape):
-                raise ConfigError(f"episode.{name} must be a mapping of episode fields, got {shown(value)}")
+            try:
+                if isinstance(value, dict):
+                    value = EpisodeShape(**check_fields(EpisodeShape, value, f"episode.{name}"))
+                elif not isinstance(value, EpisodeShape):
+                    raise ConfigError(f"episode.{name} must be a mapping of episode fields, got {shown(value)}")
+            except ConfigError as exc:  # Augmentation's range checks name augment.<field>: say whose
+                raise ConfigError(f"episode.{name}.{exc}" if str(exc).startswith(f"{Augmentation.section}.") else str(exc)) from None
             object.__setattr__(self, name, value)
+            if name == "eval":
+                for stage in ("rotations", "jitter"):
+                    if getattr(value.augment, stage):
+                        raise ConfigError(f"episode.eval.augment.{stage} must be false: validation and evaluation episodes "
+                                          "are never augmented (set it in episode.train.augment)")
             if value.alphabet not in ALPHABET_MODES:
                 raise ConfigError(f"episode.{name}.alphabet must be one of {', '.join(ALPHABET_MODES)}, got {value.alphabet!r}")
             try:
@@ -177,12 +196,33 @@ class TrainConfig(Section):
     # torch intra-op CPU threads; 0 = torch's default. On a shared 2-core machine (load ≈ 5) an 8-step run of a
     # tiny model took 4–12 s with 2 threads and 0.3–0.6 s with 1: oversubscribed threads stall each other.
     threads: int = 0
+    # VMA's decoder runs the half of each stage convolution that reads a memory entry's skip features once per
+    # entry, not once per (target, sample) that reads it (models/networks.py, ConvDecoder.shared_skips): the same
+    # function up to float rounding, fewer FLOPs. false = the concatenation per sample, as before 2026-12.
+    shared_skip_convs: bool = True
+    # Conv weights, and so the conv activations, in channels-last (NHWC) memory format (models/networks.py,
+    # set_channels_last). Measured on CPU only (oneDNN, 1 thread): with shared_skip_convs 1.18–1.33× fewer CPU-ms
+    # per VMA step (benchmarks/results/train_fast_step_cpu.csv); false = NCHW, as before 2026-12.
+    channels_last: bool = True
     # Where the posterior samples' noise comes from. "episode": each episode's noise is seeded by (seed, its
     # global episode index), so a run is the same whatever the number of workers (W workers × G episodes per
     # step == 1 process × W·G, within float tolerance): one objective call per episode. "rank": one stream
     # per rank seeded by (seed, rank) and one batched objective call over the rank's G episodes: faster when
     # episodes_per_step > 1, but the trajectory depends on the number of workers.
     noise: str = "episode"
+    # Start a fresh run (a fresh optimizer, step 0) from another run's model weights: a run directory (its newest
+    # intact checkpoint), one checkpoint file, or a URI of either (`varmem train --init-from`; distributed/init_from.py).
+    # The run records the exact file as PATH#sha256=HEX (of its bytes, checked when it is loaded). "" = no init.
+    # The model section must build the source's parameter shapes; the data section may differ.
+    init_from: str = ""
+    # A CPU-time budget in seconds (`varmem train --cpu-budget`; null = none, train.steps alone ends the run): the run
+    # stops at the first step boundary where its CPU time reaches it, then validates and checkpoints as at train.steps;
+    # final_metrics.json says stopped_by "cpu_budget" or "steps". The run's CPU time (`cpu_s` in metrics.jsonl rows and
+    # final_metrics.json) is time.process_time of the training process — all its threads: steps, episode prefetch,
+    # validation (it counts: keep val_every sparse), checkpoints — from the call of the training loop, plus the earlier
+    # sessions' (each checkpoint records the sum; --resume continues from it), summed over the Ray workers with
+    # --workers N. Work lost after the last checkpoint of a crashed session is not counted.
+    cpu_budget_s: float | None = None
 
     def validate(self) -> None:
         for name in ("steps", "episodes_per_step", "num_samples", "log_every", "val_episodes", "val_samples",
@@ -193,7 +233,16 @@ class TrainConfig(Section):
         self._require(self.val_seed >= 0, "val_seed", "≥ 0")
         self._require(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
         self._require(self.threads >= 0, "threads", "≥ 0 (0 = torch's default)")
+        self._require(isinstance(self.shared_skip_convs, bool), "shared_skip_convs", "true or false")
+        self._require(isinstance(self.channels_last, bool), "channels_last", "true or false")
         self._require(self.noise in NOISE_MODES, "noise", f"one of {', '.join(NOISE_MODES)}")
+        self._require(self.init_from.isprintable() and self.init_from.strip() == self.init_from, "init_from",
+                      "a run directory, checkpoint or URI on one line without surrounding spaces (\"\" = none)")
+        digest = self.init_from.rpartition("#sha256=")[2] if "#sha256=" in self.init_from else "0" * 64
+        self._require(len(digest) == 64 and set(digest) <= set("0123456789abcdef"), "init_from",
+                      "PATH#sha256=<64 lowercase hex digits> where it records a hash")
+        self._require(self.cpu_budget_s is None or self.cpu_budget_s > 0, "cpu_budget_s",
+                      "> 0 CPU seconds (null = no budget: train.steps ends the run)")
 
 
 @dataclass(frozen=True)

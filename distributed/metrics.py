@@ -14,7 +14,7 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"  # in the run directory, one JSON object per line
 
 # Keys of a metrics row that are not values of the model.
-NOT_LOGGED = ("kind", "step", "eta_s", "elapsed_s", "process_cpu_s", "samples", "objective_samples", "episodes")
+NOT_LOGGED = ("kind", "step", "eta_s", "elapsed_s", "process_cpu_s", "cpu_s", "samples", "objective_samples", "episodes")
 
 
 def row_tags(row: dict[str, Any], exclude: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from varmem.episodes.storage import is_remote
 RESUMABLE_CHANGES = (
     "train.steps", "train.log_every", "train.val_every", "train.val_episodes", "train.val_samples", "train.val_seed",
     "train.eval_batch", "train.chunk", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
+    "train.cpu_budget_s",  # a larger budget extends a finished run (--resume --cpu-budget S)
     "data.dir", "data.verify_shards", "run.out", "run.tensorboard",
     "storage.s3_endpoint", "storage.cache_dir", "storage.cache_bytes",
 )

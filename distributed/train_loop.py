@@ -18,7 +18,11 @@ device and report callback. Everything a run does follows from the config:
   checkpoint holding model, optimizer, step, config, image shape, every rank's RNG states and the
   stream state; the newest ``keep_checkpoints`` are kept (distributed/rundir.py);
 * ``resume=True`` continues from the newest checkpoint in the run directory exactly: the same
-  episodes, the same noise, the same parameters, step for step, as a run that never stopped.
+  episodes, the same noise, the same parameters, step for step, as a run that never stopped;
+* ``train.cpu_budget_s`` (:meth:`Trainer.budget_spent`) ends the run at the first step boundary where its CPU
+  time (``cpu_s``: this session's process time since :func:`train` was called, every thread, validation and
+  checkpoints included, plus the earlier sessions' from the checkpoint; summed over ranks) reaches the budget,
+  with the final validation and checkpoint of a run that reached ``train.steps``.
 
 The run directory's files are listed in distributed/rundir.py.
 """
@@ -49,6 +53,7 @@ from varmem.episodes.sampler import EpisodeBatch
 from varmem.episodes.stream import EpisodeStream
 from varmem.models.base import Batch, FewShotModel, Objective
 from varmem.models.eval.bound import evaluate_bound
+from varmem.models.networks import set_channels_last, set_shared_skip_convs
 from varmem.progress import format_duration, milestones
 
 # Keys of a validation row that are bookkeeping, not the model's values.
@@ -180,12 +185,13 @@ def train(
     already holds checkpoints unless ``overwrite``. Everything that can fail on user input (dataset,
     splits, image size, model section, resume compatibility) fails before anything is written.
     """
-    started_at = time.time()
+    started_at, cpu_t0 = time.time(), time.process_time()
     context = context or TrainContext()
     config = config.resolve_paths()
     device = resolve_device(context.device, config)
     dataset, source, ckpt = check_run(config, resume=resume, overwrite=overwrite)  # nothing written yet
     trainer = Trainer(config, dataset, ckpt, context, device)  # the state at the step the run starts from
+    trainer.cpu_t0 = cpu_t0  # the run's CPU time counts from the call: the dataset check and the model build included
     try:
         return _run(trainer, source, clear=overwrite and not resume, started_at=started_at)
     except (DiskFullError, RunDirError) as exc:  # a full disk, no permission: one line, the checkpoints intact
@@ -196,23 +202,28 @@ def _run(trainer: "Trainer", source: Path | None, *, clear: bool, started_at: fl
     """The steps of :func:`train` from the trainer's start to ``train.steps``; the final metrics."""
     tc = trainer.tc
     trainer.prepare_run_dir(clear=clear)
-    final = trainer.final_metrics() if trainer.resumed and trainer.start == tc.steps else None
+    # a resumed run that had reached train.steps or train.cpu_budget_s: nothing to train (budget_spent: a collective)
+    ended = trainer.resumed and (trainer.start == tc.steps or trainer.budget_spent())
+    final = trainer.final_metrics() if ended else None
     if final is not None:
         return trainer.complete(final)
     trainer.open_writer()
     step = trainer.start
     try:
-        for step in range(trainer.start + 1, tc.steps + 1):
+        for step in range(trainer.start + 1, tc.steps + 1) if not ended else ():
             trainer.step()
-            is_ckpt = step % tc.checkpoint_every == 0 or step == tc.steps
-            if step % tc.log_every == 0 or step == tc.steps:
+            last = step == tc.steps or trainer.budget_spent()  # the first step boundary at train.cpu_budget_s ends it too
+            is_ckpt = step % tc.checkpoint_every == 0 or last
+            if step % tc.log_every == 0 or last:
                 trainer.log(step, report=not is_ckpt)  # a checkpoint reports with its own metrics
             elif is_ckpt:  # never checkpoint a diverged model
                 trainer.check_finite(trainer.window.means(trainer.context), step)
-            if (tc.val_every and step % tc.val_every == 0) or step == tc.steps:
+            if (tc.val_every and step % tc.val_every == 0) or last:
                 trainer.validate(step)
             if is_ckpt:
                 trainer.checkpoint(step)
+            if last:
+                break
         if step == trainer.start and trainer.resumed:  # resumed at the last step: only the final validation is missing
             trainer.validate(step)
             trainer.last_ckpt = source
@@ -296,6 +307,9 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         seed_everything(tc.seed)  # the same initial parameters on every rank
         self.model = build_model(config, dataset.image_shape).to(device)
+        # the step's speed-ups (issue 17), the same numerics up to float rounding (models/networks.py)
+        set_shared_skip_convs(self.model, tc.shared_skip_convs)
+        set_channels_last(self.model, tc.channels_last)
         self.optimizer = build_optimizer(self.model, config.optim)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]  # the trainable ones
         seed_everything(noise_seed(tc.seed, context.rank))  # the training noise: per rank
@@ -303,8 +317,15 @@ class Trainer:
                                     world_size=context.world_size, batch=tc.episodes_per_step,
                                     pin_memory=device.type == "cuda")
         self.elapsed_before = 0.0
+        # train.cpu_budget_s: this session's process time counts from cpu_t0 (train() sets it to its call); the
+        # earlier sessions' sum (the checkpoint's cpu_s) is rank 0's share, so that the sum over ranks counts it once
+        self.cpu_t0, self.cpu_before, self.cpu_at_start = time.process_time(), 0.0, 0.0
         if ckpt is not None:
             self._restore(ckpt)
+        elif tc.init_from:  # a fresh run from another run's weights; the config records the exact source
+            from varmem.distributed.init_from import initialize
+
+            self.config = initialize(self.model, config, dataset.image_shape, context.emit)
         self.model = context.prepare_model(self.model)
         self.val_batches = validation_batches(dataset, config, tc.val_episodes, tc.val_seed) if context.is_main else []
         self.max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
@@ -333,6 +354,8 @@ class Trainer:
         else:  # a rank the checkpoint has no state for (a new world size): a fresh, config-derived stream
             seed_everything(noise_seed(self.tc.seed + self.start, self.context.rank))
         self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+        self.cpu_at_start = float(ckpt.get("cpu_s", 0.0))  # checkpoints older than train.cpu_budget_s: 0
+        self.cpu_before = self.cpu_at_start if self.context.is_main else 0.0
 
     def write_failed(self, exc: BaseException) -> RunDirError:
         """A failed write of the run directory as one line: what failed (the path, the space needed and free),
@@ -346,6 +369,33 @@ class Trainer:
     def elapsed(self) -> float:
         """Training seconds of the run so far, the attempts before a resume included."""
         return self.elapsed_before + time.perf_counter() - self.run_t0
+
+    def local_cpu_seconds(self) -> float:
+        """This rank's share of the run's CPU seconds: its process time since train() was called (every thread)
+        plus, on rank 0, the earlier sessions' sum."""
+        return self.cpu_before + time.process_time() - self.cpu_t0
+
+    def cpu_seconds(self) -> float:
+        """The run's CPU seconds so far, every session and every rank (the sum of :meth:`local_cpu_seconds` over
+        ranks through the metrics reduction: a collective, every rank calls it)."""
+        local = self.local_cpu_seconds()
+        if self.context.world_size == 1:
+            return local
+        share = torch.tensor([local], dtype=torch.float64, device=self.device)
+        return float(self.context.reduce_metrics(share)[0]) * self.context.world_size  # the mean over ranks × ranks
+
+    def budget_spent(self) -> bool:
+        """Whether the run's CPU seconds have reached train.cpu_budget_s (never without one; a collective with one)."""
+        budget = self.tc.cpu_budget_s
+        return budget is not None and self.cpu_seconds() >= budget
+
+    def steps_left(self, step: int, cpu: float) -> int:
+        """Steps to train.steps, or fewer: to train.cpu_budget_s at this session's CPU seconds per step so far."""
+        left, budget, done = self.tc.steps - step, self.tc.cpu_budget_s, step - self.start
+        if budget is not None and done > 0:
+            per_step = max(cpu - self.cpu_at_start, 1e-9) / done
+            left = min(left, math.ceil(max(budget - cpu, 0.0) / per_step))
+        return left
 
     # --- before the first step ---
     def prepare_run_dir(self, *, clear: bool) -> None:
@@ -433,13 +483,15 @@ class Trainer:
         seconds = window.seconds()
         values = window.means(ctx)
         self.check_finite(values, step)
+        cpu = self.cpu_seconds()  # a collective, like the means
         self.last_train = {
             "kind": "train", "step": step, **values, **({"nll_bound": -values["bound"]} if "bound" in values else {}),
             "lr": self.optimizer.param_groups[0]["lr"],
             "episodes_per_s": window.steps * tc.episodes_per_step * ctx.world_size / max(seconds, 1e-9),
             "data_wait": window.data_wait() / max(seconds, 1e-9),
-            "eta_s": (tc.steps - step) * seconds / window.steps, "elapsed_s": self.elapsed(),
+            "eta_s": self.steps_left(step, cpu) * seconds / window.steps, "elapsed_s": self.elapsed(),
             "process_cpu_s": time.process_time(),  # this process's CPU time so far (all its threads)
+            "cpu_s": cpu,  # the run's CPU time so far: every session, every rank (train.cpu_budget_s)
             **memory_use(values, self.log_m["train"]),
         }
         if ctx.is_main:
@@ -449,7 +501,8 @@ class Trainer:
         row = self.last_train
         ctx.emit(f"step {step:>{self.width}}/{tc.steps} | loss {values['loss']:.2f} | {describe_values(values)} | "
                  f"|g| {values['grad_norm']:.1f} | {row['episodes_per_s']:.1f} ep/s | wait {100 * row['data_wait']:.0f}% | "
-                 f"ETA {format_duration(row['eta_s'])}")
+                 f"ETA {format_duration(row['eta_s'])}"
+                 + (f" | CPU {format_duration(cpu)}/{format_duration(tc.cpu_budget_s)}" if tc.cpu_budget_s is not None else ""))
         window.reset()
         if report and ctx.report is not None and ctx.report_logs:  # its time counts in the next window
             ctx.report(dict(self.last_train), None)
@@ -484,7 +537,8 @@ class Trainer:
         prunes the oldest; then every rank reports (rank 0 with the checkpoint). Its time is a pause."""
         t0 = time.perf_counter()
         ctx = self.context
-        ranks = ctx.gather({"rng": rng_state(self.device), "window": self.window.state_dict()})  # every rank's
+        ranks = ctx.gather({"rng": rng_state(self.device), "window": self.window.state_dict(),  # every rank's
+                            "cpu_s": self.local_cpu_seconds()})
         if ctx.is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
@@ -498,6 +552,9 @@ class Trainer:
                 "stream": self.stream.state_dict(),
                 "world_size": ctx.world_size,
                 "elapsed_s": self.elapsed(),
+                # the run's CPU seconds (train.cpu_budget_s): every session so far, every rank's share; a resume adds to it
+                "cpu_s": sum(state["cpu_s"] for state in ranks),
+                "cpu_s_by_rank": {rank: state["cpu_s"] for rank, state in enumerate(ranks)},
                 "metrics": {k: v for k, v in self.last_train.items() if isinstance(v, (int, float, str))},
             }
             self.last_ckpt = save_checkpoint(checkpoint_path(self.run_dir, step), state)
@@ -513,6 +570,9 @@ class Trainer:
         final = {
             "step": step,
             "steps": self.tc.steps,
+            "stopped_by": "steps" if step >= self.tc.steps else "cpu_budget",  # the loop ends early only at the budget
+            "cpu_s": self.cpu_seconds(),  # every session, every rank, the final validation included (a collective)
+            "cpu_budget_s": self.tc.cpu_budget_s,
             "run_dir": str(self.run_dir),
             "checkpoint": str(self.last_ckpt) if self.last_ckpt else None,
             "resumed_from": self.start if self.resumed else None,

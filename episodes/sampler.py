@@ -14,6 +14,12 @@ Shapes (``H × W`` the dataset's image size; ``C = ways + distractors``; ``M = C
     class_ids      int64   [C]            global class id of each episode-local label
 
 :class:`EpisodeBatch` stacks G episodes along a new leading axis.
+
+``spec.augment`` (:mod:`varmem.episodes.augment`, training episodes only) adds two stages, pure
+functions of (seed, index) too: with ``rotations`` the classes are drawn from the split's classes ×
+4 quarter turns (``class_ids`` then hold ``id + turn · B``, see ``augment.rotated_class_ids``); with
+``jitter`` each image is resampled through a small random affine map before binarization. With both
+off (the default) episodes are exactly those of a sampler without the stages.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from varmem.episodes import augment as aug_stages
 from varmem.episodes.dataset import Dataset, Split
 from varmem.episodes.errors import DataError
 from varmem.episodes.spec import EpisodeSpec
@@ -77,11 +84,24 @@ class EpisodeSampler:
                 f"{self.dataset.directory} holds {self.dataset.kind}, not classes: use LakeRunEpisodes for fixed runs"
             )
         split = self.dataset.resolve_split(spec.split)  # a role (train, eval) names the dataset's split
+        if spec.augment.enabled and self.dataset.roles.get("eval") == split:
+            raise DataError(
+                f"episode spec augments episodes (rotations={spec.augment.rotations}, jitter={spec.augment.jitter}) of split "
+                f"{split!r}, the eval split of {self.dataset.directory}: augmentation is for training episodes only "
+                "(validation and evaluation episodes are never augmented)"
+            )
         self.spec = spec if split == spec.split else replace(spec, split=split)
         self.seed = int(seed)
         self.split: Split = self.dataset.split(split)
         spec = self.spec
         spec.check_against(self.split, f"split {spec.split!r} of {self.dataset.directory}")
+        if spec.augment.rotations and self.split.image_shape[0] != self.split.image_shape[1]:
+            h, w = self.split.image_shape
+            raise DataError(f"episode spec augment.rotations turns images by 90°, which needs square images; "
+                            f"{self.dataset.directory} holds {h}×{w}")
+        # rotated class (c, r) has id id(c) + r · _id_bound: above every class id of the dataset
+        self._id_bound = max((int(s.get("class_range", [0, s["classes"]])[1]) for s in self.dataset.manifest["splits"].values()),
+                             default=0)
         counts = self.split.class_count
         self._uniform_count = int(counts[0]) if len(counts) and np.all(counts == counts[0]) else None
         if spec.alphabet == "within":
@@ -89,6 +109,11 @@ class EpisodeSampler:
             self._alphabet_classes = eligible
         h, w = self.split.image_shape
         self._pixels = h * w
+
+    @property
+    def num_classes(self) -> int:
+        """The classes episodes are drawn from: the split's, × 4 with ``augment.rotations``."""
+        return self.split.num_classes * self.spec.augment.class_factor
 
     # --- the pure function --------------------------------------------------------------------
     def generator(self, index: int) -> np.random.Generator:
@@ -102,12 +127,23 @@ class EpisodeSampler:
         spec, split = self.spec, self.split
         rng = self.generator(index)
         n_mem_classes, ways = spec.memory_classes, spec.ways
+        rotations, quarter = spec.augment.rotations, aug_stages.ROTATIONS
 
-        # classes: [C] split-local indices; the first `ways` have targets, the rest are distractors
+        # classes: [C] split-local indices; the first `ways` have targets, the rest are distractors.
+        # With rotations, class (c, r) is drawn as c·4 + r among 4N; a rotated alphabet (a, r) is an alphabet.
+        turns = None  # [C] quarter turns of each class (rotations only)
         if spec.alphabet == "any":
-            classes = rng.choice(split.num_classes, size=n_mem_classes, replace=False)
+            if rotations:
+                drawn = rng.choice(split.num_classes * quarter, size=n_mem_classes, replace=False)
+                classes, turns = drawn // quarter, drawn % quarter
+            else:
+                classes = rng.choice(split.num_classes, size=n_mem_classes, replace=False)
         else:
-            pool = self._alphabet_classes[rng.integers(len(self._alphabet_classes))]
+            if rotations:
+                pick = int(rng.integers(len(self._alphabet_classes) * quarter))
+                pool, turns = self._alphabet_classes[pick // quarter], np.full(n_mem_classes, pick % quarter)
+            else:
+                pool = self._alphabet_classes[rng.integers(len(self._alphabet_classes))]
             classes = pool[rng.choice(len(pool), size=n_mem_classes, replace=False)]
 
         # images within each class: distinct positions, the first `shots` go to memory
@@ -120,6 +156,7 @@ class EpisodeSampler:
             keys[np.arange(keys.shape[1])[None, :] >= counts[:, None]] = 2.0  # never chosen
         picks = np.argsort(keys, axis=1)[:, :per_class]  # [C, per_class]
         mem_pos = picks[:, : spec.shots]  # [C, shots]
+        which = None
         if spec.targets_from_memory:
             which = np.argsort(rng.random((ways, spec.shots)), axis=1)[:, : spec.targets]
             tgt_pos = np.take_along_axis(mem_pos[:ways], which, axis=1)  # [ways, targets]
@@ -128,6 +165,11 @@ class EpisodeSampler:
 
         memory = self._gather(classes, mem_pos)  # uint8 [C*shots, H, W]
         targets = self._gather(classes[:ways], tgt_pos)  # uint8 [ways*targets, H, W]
+        if rotations:
+            memory = aug_stages.rotate(memory, np.repeat(turns, spec.shots))
+            targets = aug_stages.rotate(targets, np.repeat(turns[:ways], spec.targets))
+        if spec.augment.jitter:
+            memory, targets = self._jitter(index, memory, targets, which)
         if spec.binarize == "static":
             cut = spec.threshold * 255.0
             memory, targets = (memory > cut).astype(np.uint8), (targets > cut).astype(np.uint8)
@@ -139,8 +181,20 @@ class EpisodeSampler:
             "memory_labels": np.repeat(np.arange(n_mem_classes), spec.shots),
             "targets": targets,
             "target_labels": np.repeat(np.arange(ways), spec.targets),
-            "class_ids": classes.astype(np.int64) + split.class_range[0],
+            "class_ids": (classes.astype(np.int64) + split.class_range[0] if turns is None
+                          else aug_stages.rotated_class_ids(classes + split.class_range[0], turns, self._id_bound)),
         }
+
+    def _jitter(self, index: int, memory: np.ndarray, targets: np.ndarray, which: np.ndarray | None):
+        """The jitter stage: memory entry ``p`` through the map of position ``p``, target ``j`` through
+        that of position ``M + j`` — or, in the recall task, of the memory entry it copies."""
+        spec, m = self.spec, memory.shape[0]
+        params = aug_stages.jitter_parameters(spec.augment, self.seed, index, m + targets.shape[0])  # [M+T, 5]
+        if which is not None:  # target (i, j) is memory entry i·shots + which[i, j]
+            rows = (np.arange(spec.ways)[:, None] * spec.shots + which).reshape(-1)  # [T]
+            params = np.concatenate([params[:m], params[rows]])
+        out = aug_stages.jitter(np.concatenate([memory, targets]), params)  # uint8 [M+T, H, W]
+        return out[:m], out[m:]
 
     def _gather(self, classes: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """uint8 [len(classes) * k, H, W]: image ``positions[i, j]`` of class ``classes[i]``."""

@@ -9,13 +9,17 @@ each, plus ``distractors`` extra classes that appear in memory only::
 The VMA training episode (Bornschein et al. 2017, §4.2): 8 classes from random alphabets × 4
 targets = a minibatch of 32, with memory filled with *other* examples of the same classes.
 The N-way K-shot classification episode: ``ways = N, shots = K, targets = queries``.
+``augment`` (:class:`varmem.episodes.augment.Augmentation`, off by default) adds the training-only
+stages: 90° rotations as new classes and a small affine jitter per image.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from varmem.episodes.augment import Augmentation
 from varmem.episodes.errors import DataError
+from varmem.typed import ConfigError, shown
 
 ALPHABET_MODES = ("any", "within")
 BINARIZE_MODES = ("none", "static", "dynamic")
@@ -32,9 +36,23 @@ class EpisodeSpec:
     targets_from_memory: bool = False  # targets are drawn from the memory entries (the recall task)
     binarize: str = "none"  # "none": grey levels in [0, 1]; "static": > threshold; "dynamic": Bernoulli(pixel)
     threshold: float = 0.5
+    # training-only stages (rotations as classes, jitter), all off by default; a mapping of its fields is read
+    augment: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
+        augment = self.augment
+        if isinstance(augment, dict):
+            try:
+                augment = Augmentation.from_dict(augment)
+            except ConfigError as exc:
+                raise DataError(f"episode spec field {exc}") from None
+        elif not isinstance(augment, Augmentation):
+            raise DataError(f"episode spec field 'augment' must be an Augmentation or a mapping of its fields, "
+                            f"got {shown(augment)}")
+        object.__setattr__(self, "augment", augment)
         for f in fields(self):
+            if f.name == "augment":
+                continue
             value = getattr(self, f.name)
             expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
             if isinstance(value, bool) and f.type != "bool" or not isinstance(value, expected):
@@ -98,11 +116,12 @@ class EpisodeSpec:
     def check_against(self, split: "Any", split_label: str = "") -> None:
         """Raise DataError when the split cannot supply episodes of this spec (names what is short)."""
         where = split_label or f"split {split.name!r}"
-        n_classes = split.num_classes
+        n_classes = split.num_classes * self.augment.class_factor  # rotations: each class is 4 classes
         if self.memory_classes > n_classes:
+            rotated = f" ({split.num_classes} × {self.augment.class_factor} rotations)" if self.augment.rotations else ""
             raise DataError(
                 f"episode spec asks for {self.memory_classes} classes (ways={self.ways} + distractors={self.distractors}) "
-                f"but {where} has {n_classes}"
+                f"but {where} has {n_classes}{rotated}"
             )
         if self.alphabet == "within":
             sizes = {a: len(idx) for a, idx in split.alphabets.items()}

@@ -22,6 +22,24 @@ with the top skip, then three stages of [3×3 transposed conv stride 2 to the ne
 and a final 3×3 conv to one channel of logits. Without skips (the VAE), the same layers run with
 the skip inputs left out.
 
+*Shared skip convolutions* (``ConvDecoder.shared_skips``, ``train.shared_skip_convs``): a decoder
+whose N samples read skips of fewer memory entries N_m (``rows``: the entry of each sample; VMA's
+G·T·K decodes read the G·M entries' pyramid) splits each stage's conv over the concatenation,
+conv(cat(h, s_a)) = conv_h(h) + conv_m(s_a) (convolution is linear in its input channels), and runs
+conv_m once per memory entry, gathered for the samples: the same function with the skip half of
+the stage convs' work cut by N / N_m (4× in VMA's training step), equal to the concatenation up to
+float rounding (summation order). The parameters are the same tensors: the switch changes no
+checkpoint.
+
+*Channels-last* (:func:`set_channels_last`, ``train.channels_last``): the conv weights stored NHWC,
+so that every convolution (oneDNN on CPU) runs and returns channels-last activations; values are
+the same up to float rounding. On the shared 2-core CPU, one thread, CPU time per training step
+(``benchmarks/results/train_fast_step_cpu.csv``, interleaved runs at load ≈ 10): channels-last alone
+1.07× (strokes26 config) / 1.06× (paper-size Omniglot config), shared skip convolutions alone 1.12× /
+1.10×, both 1.21× / 1.18× (1.27–1.33× for strokes26 in earlier runs at load ≈ 6): the split convs
+read half the channels (16 at 26×26 in the strokes config), where oneDNN's NCHW kernels gain
+little from the smaller input and its NHWC kernels gain most.
+
 ``mlp`` (MNIST-like, 28×28): pyramid = hidden layers 256 → 128 of an MLP; decoder = 128 → 256
 → H·W with the pyramid's 128- and 256-d features concatenated at the matching layer.
 
@@ -179,10 +197,35 @@ class MLPPyramid(Pyramid):
 
 
 class Decoder(nn.Module):
-    """context [N, C] (and skips from a :class:`Pyramid`, fine to coarse) → logits [N, 1, H, W]."""
+    """context [N, C] (and skips from a :class:`Pyramid`, fine to coarse) → logits [N, 1, H, W].
 
-    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+    ``skips``: one row per sample ([N, ...], ``rows`` None), or one row per memory entry ([N_m, ...])
+    with ``rows`` [N] (int64) naming the entry each sample reads.
+    """
+
+    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+
+def gather_entries(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` for entry features x [N_m, C, h, w] and rows [N] → [N, C, h, w], in x's memory format.
+
+    An entry's block is contiguous in NCHW and in channels-last alike, so a channels-last x is gathered as
+    its 2-d view [N_m, h·w·C]: torch's 4-d ``index_select`` on a channels-last tensor takes a slow path and
+    returns NCHW (VMA paper-size step: 6% of its CPU time in its backward's ``scatter_add_``), the 2-d one
+    copies whole rows (forward and backward ~6× faster at [32 → 128, 32, 26, 26]). The same values.
+    """
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        N_m, C, H, W = x.shape
+        flat = x.permute(0, 2, 3, 1).reshape(N_m, H * W * C)  # [N_m, h·w·C], a view
+        return flat.index_select(0, rows).view(-1, H, W, C).permute(0, 3, 1, 2)  # [N, C, h, w], channels-last
+    return x.index_select(0, rows)
+
+
+def gather_rows(skips: list[torch.Tensor], rows: torch.Tensor | None) -> list[torch.Tensor]:
+    """Per-sample skips: each entry feature [N_m, ...] indexed by ``rows`` [N] → [N, ...] (None: as given)."""
+    return skips if rows is None else [s[rows] for s in skips]
 
 
 class ConvDecoder(Decoder):
@@ -212,24 +255,46 @@ class ConvDecoder(Decoder):
         self.out = nn.Conv2d(stage_c[3], 1, 3, padding=1)
         self.biases = nn.ModuleList(nn.Linear(context_dim, c) for c in stage_c) if context_bias else None
         self.stage_c = stage_c
+        # conv_m once per memory entry when samples share entries (module docstring); set by
+        # set_shared_skip_convs from train.shared_skip_convs (with channels-last: 1.2× fewer CPU-ms per VMA step)
+        self.shared_skips = True
         init_weights_(self, linear=(self.out,))
 
-    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         if self.use_skips != (skips is not None):
             raise ValueError(f"ConvDecoder built with skips={self.use_skips} but called with skips={skips is not None}")
         N = context.shape[0]
-        coarse = skips[::-1] if skips is not None else None  # coarse to fine
+        coarse = skips[::-1] if skips is not None else None  # coarse to fine: [N or N_m, c, h, w]
+        shared = coarse is not None and rows is not None and self.shared_skips and coarse[0].shape[0] < N
+        if coarse is not None and not shared:
+            coarse = gather_rows(coarse, rows)  # [N, c, h, w] per sample
         h = F.relu(self.top(context)).view(N, self.stage_c[0], *self.sizes[0])  # [N, c6, H/8, W/8]
         for s in range(4):
             if s > 0:
                 h = F.relu(self.ups[s - 1](h, output_size=self.sizes[s]))  # [N, c_s, h_s, w_s]
-            if coarse is not None:
-                h = torch.cat([h, coarse[s]], dim=1)  # skip connection from m's pyramid
-            h = self.convs[s](h)
+            if shared:
+                h = self._shared_skip_conv(self.convs[s], h, coarse[s], rows)
+            elif coarse is not None:
+                h = self.convs[s](torch.cat([h, coarse[s]], dim=1))  # skip connection from m's pyramid
+            else:
+                h = self.convs[s](h)
             if self.biases is not None:
                 h = h + self.biases[s](context)[:, :, None, None]
             h = F.relu(h)
         return self.out(h)  # [N, 1, H, W] logits
+
+    @staticmethod
+    def _shared_skip_conv(conv: nn.Conv2d, h: torch.Tensor, skip: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """conv(cat(h, skip[rows])) as conv_h(h) + conv_m(skip)[rows], conv_m run once per entry.
+
+        h [N, c_h, h, w], skip [N_m, c_m, h, w], rows [N] → [N, c_out, h, w]. The two halves are the
+        input-channel slices of ``conv.weight`` [c_out, c_h + c_m, 3, 3]; the bias goes with conv_h.
+        """
+        c_h = h.shape[1]
+        own = F.conv2d(h, conv.weight[:, :c_h], conv.bias, conv.stride, conv.padding)  # [N, c_out, h, w]
+        per_entry = F.conv2d(skip, conv.weight[:, c_h:], None, conv.stride, conv.padding)  # [N_m, c_out, h, w]
+        return own + gather_entries(per_entry, rows)  # [N, c_out, h, w]
 
 
 class MLPDecoder(Decoder):
@@ -255,10 +320,11 @@ class MLPDecoder(Decoder):
         self.biases = nn.ModuleList(nn.Linear(context_dim, w) for w in widths) if context_bias else None
         init_weights_(self, linear=(self.out,))
 
-    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, skips: list[torch.Tensor] | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         if self.use_skips != (skips is not None):
             raise ValueError(f"MLPDecoder built with skips={self.use_skips} but called with skips={skips is not None}")
-        coarse = skips[::-1] if skips is not None else None  # [N, 128], [N, 256]
+        coarse = gather_rows(skips[::-1], rows) if skips is not None else None  # [N, 128], [N, 256]
         h = context
         for s, layer in enumerate(self.layers):
             if coarse is not None:
@@ -333,6 +399,23 @@ def build_decoder(config, image_shape: tuple[int, int], context_dim: int, *, ski
     if config.architecture == "conv":
         return ConvDecoder(image_shape, config.channels, context_dim, skips=skips, context_bias=context_bias)
     return MLPDecoder(image_shape, config.mlp_hidden, context_dim, skips=skips, context_bias=context_bias)
+
+
+def set_shared_skip_convs(model: nn.Module, on: bool) -> int:
+    """Switch every :class:`ConvDecoder` in ``model`` to (``on``) or from the shared skip convolutions
+    (module docstring; ``train.shared_skip_convs``). Returns how many decoders it set."""
+    decoders = [m for m in model.modules() if isinstance(m, ConvDecoder)]
+    for decoder in decoders:
+        decoder.shared_skips = bool(on)
+    return len(decoders)
+
+
+def set_channels_last(model: nn.Module, on: bool) -> None:
+    """Every 4-d parameter of ``model`` (conv and transposed-conv weights, learned memory images) to
+    channels-last (``on``) or contiguous NCHW memory format, in place (module docstring; ``train.channels_last``).
+    A convolution with a channels-last weight returns channels-last output, so the activations follow;
+    values, parameter names and checkpoints are unchanged (a checkpoint loads into either format)."""
+    model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
 
 def head_hidden(config) -> int | None:

@@ -20,6 +20,7 @@ RUNS=${RUNS:-runs/wave2}
 OUT=${OUT:-out/wave2}
 STEPS=${STEPS:-2000}            # the same number of optimizer steps for every family (its images per step differ: see RESULTS)
 OMNI_STEPS=${OMNI_STEPS:-3000}
+OMNI_SEQ_STEPS=${OMNI_SEQ_STEPS:-1500}   # the sequential model costs ~4× a VMA step per image on the CPU
 JOBS=${JOBS:-2}
 STROKES=${STROKES:-data/strokes26}
 OMNI_ZIP=${OMNI_ZIP:-../shared/data/omniglot/images_background_small1.zip}
@@ -27,6 +28,7 @@ OMNI_STRONG=${OMNI_STRONG:-data/omniglot26-small1}        # Latin held out (the 
 OMNI_WEAK=${OMNI_WEAK:-data/omniglot26-small1-weak}       # 20% of every alphabet's characters held out (weak)
 SAMPLES=${SAMPLES:-200}         # K of the NLL tables (the seeds: 1,000)
 EPISODES=${EPISODES:-20}
+LIK_EPISODES=${LIK_EPISODES:-20}  # episodes per task of classification by likelihood (20-way: 20 × 20 × K=10 decodes per query)
 export OMP_NUM_THREADS=1
 
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -38,6 +40,7 @@ train() {
   local name=$1 config=$2 data=$3 steps=$4; shift 4
   local run=$RUNS/$name
   if [ -f "$run/final_metrics.json" ]; then log "train $name: done already"; return; fi
+  if pgrep -f -- "--out $run " >/dev/null; then log "train $name: running in another process, skipped"; return; fi
   local resume=()
   if ls "$run"/checkpoints/*.pt >/dev/null 2>&1; then resume=(--resume); fi
   wait_slot
@@ -49,19 +52,33 @@ train() {
       > "$RUNS/logs/$name.log" 2>&1 && log "train $name: finished" ) &
 }
 
-# evaluate RESULT RUN DATA [extra eval options]: RUNS/eval/RESULT.json and OUT/RESULT/ from run RUNS/RUN
+# evaluate RESULT RUN DATA [extra eval options]: RUNS/eval/RESULT.json and OUT/RESULT/ from run RUNS/RUN.
+# A run that has not finished (no final_metrics.json) is skipped with a message: run the mode again later.
+# The defaults here are the tables the issues ask for (the NLL-vs-classes table is left out: --tables).
 evaluate() {
   local name=$1 runname=$2 data=$3; shift 3
   local save=$RUNS/eval/$name.json
   if [ -f "$save" ]; then log "eval $name: done already"; return; fi
+  if [ ! -f "$RUNS/$runname/final_metrics.json" ] && [[ " $* " != *" --checkpoint "* ]]; then
+    log "eval $name: run $runname has not finished, skipped"; return
+  fi
+  if pgrep -f "eval $RUNS/$runname --data $data " >/dev/null; then log "eval $name: running in another process, skipped"; return; fi
   wait_slot
   mkdir -p "$RUNS/eval" "$RUNS/logs"
   log "eval $name on $data"
   ( /usr/bin/time -f "eval $name: %e s wall, %U s user" \
       "$VARMEM" eval "$RUNS/$runname" --data "$data" --samples "$SAMPLES" --episodes "$EPISODES" \
-      --classification-episodes 1000 --likelihood-episodes 50 --tables all \
+      --classification-episodes 1000 --likelihood-episodes "$LIK_EPISODES" --tables examples,conditioning \
       --save "$save" --out-dir "$OUT/$name" "$@" > "$RUNS/logs/eval_$name.log" 2>&1 && log "eval $name: finished" ) &
 }
+
+# The sequential family decodes T steps per sample (T = 32: ~1/4 of a VAE's decodes/s on one thread), so its
+# evaluations are trimmed: the T sweep gets the headline bound and pictures; T = 32 (the config's) also the
+# NLL-vs-examples table and 5/20-way 1-shot by likelihood on LIK_EPISODES_SEQ episodes (K = 5).
+SEQ_MAIN=(--tables examples --tasks 5x1,20x1 --likelihood-episodes "${LIK_EPISODES_SEQ:-10}" --likelihood-samples 5)
+SEQ_SWEEP=(--tables none --tasks none)
+# The ablations and the second Neural Statistician enter the talk's table only (no classification).
+TABLE_ONLY=(--tables conditioning --tasks none)
 
 data() {
   [ -f "$STROKES/manifest.json" ] || "$VARMEM" data build --source strokes --classes 1000 --seed 0 --out "$STROKES"
@@ -98,30 +115,50 @@ train_omniglot() {
   train omni_gmn configs/gmn_strokes.yaml "$OMNI_STRONG" "$OMNI_STEPS" "${over[@]}"
   train omni_ns configs/neural_statistician_strokes.yaml "$OMNI_STRONG" "$OMNI_STEPS" "${over[@]}"
   train omni_mn configs/matching_networks_strokes.yaml "$OMNI_STRONG" "$OMNI_STEPS" "${over[@]}"
-  train omni_seq_strong configs/sequential_strokes.yaml "$OMNI_STRONG" "$OMNI_STEPS" "${over[@]}"
-  train omni_seq_weak configs/sequential_strokes.yaml "$OMNI_WEAK" "$OMNI_STEPS" "${over[@]}"
+  train omni_seq_strong configs/sequential_strokes.yaml "$OMNI_STRONG" "$OMNI_SEQ_STEPS" "${over[@]}"
+  train omni_seq_weak configs/sequential_strokes.yaml "$OMNI_WEAK" "$OMNI_SEQ_STEPS" "${over[@]}"
   wait
 }
 
 eval_strokes() {
-  for name in "${STROKES_RUNS[@]}"; do evaluate "$name" "$name" "$STROKES"; done
-  wait
-  local args=()
-  for name in "${STROKES_RUNS[@]}"; do args+=("$name=$RUNS/eval/$name.json"); done
-  "$VARMEM" compare "${args[@]}" --markdown --out-dir "$OUT/compare_strokes" | tee "$OUT/compare_strokes.txt"
+  for name in vma vae gmn ns_c1 mn; do evaluate "$name" "$name" "$STROKES"; done
+  evaluate mn_fce mn_fce "$STROKES" --tasks 5x1,20x1   # FCE on vs off on the same episodes
+  evaluate softattn softattn "$STROKES" --tables examples
+  for name in gmn_nopseudo gmn_noattn ns_c2; do evaluate "$name" "$name" "$STROKES" "${TABLE_ONLY[@]}"; done
+  evaluate seq_t32 seq_t32 "$STROKES" "${SEQ_MAIN[@]}"
+  for name in seq_t8 seq_t16 draw; do evaluate "$name" "$name" "$STROKES" "${SEQ_SWEEP[@]}"; done
+  # NLL vs T at equal steps: every T at its step-1,000 checkpoint too (T = 64 stopped at step 1,850 with a
+  # non-finite gradient at lr 1e-3, so 1,000 is the last step every T reached)
+  for T in 8 16 32 64; do
+    evaluate "seq_t${T}_s1000" "seq_t$T" "$STROKES" "${SEQ_SWEEP[@]}" --no-pictures \
+        --checkpoint "$RUNS/seq_t$T/checkpoints/ckpt-00001000.pt"
+  done
   # transfer: trained on strokes, tested on the held-out Omniglot alphabet
-  for name in vma mn; do evaluate "${name}_on_omniglot" "$name" "$OMNI_STRONG" --tables none; done
+  # (the held-out split is one alphabet, Latin: between-alphabet episodes would be within-alphabet ones)
+  for name in vma mn; do
+    evaluate "${name}_on_omniglot" "$name" "$OMNI_STRONG" --tables none --alphabets within --no-pictures
+  done
   wait
+  compare strokes "${STROKES_RUNS[@]}"
 }
 
 eval_omniglot() {
-  local names=(omni_vma omni_vae omni_gmn omni_ns omni_mn omni_seq_strong)
-  for name in "${names[@]}"; do evaluate "$name" "$name" "$OMNI_STRONG"; done
-  evaluate omni_seq_weak omni_seq_weak "$OMNI_WEAK"
+  # The strong split's held-out split is one alphabet (Latin, 26 characters): every episode is within it,
+  # so the tasks run once, as within-alphabet episodes (--alphabets within).
+  local names=(omni_vma omni_vae omni_gmn omni_ns omni_mn)
+  for name in "${names[@]}"; do evaluate "$name" "$name" "$OMNI_STRONG" --alphabets within; done
+  evaluate omni_seq_strong omni_seq_strong "$OMNI_STRONG" "${SEQ_MAIN[@]}" --alphabets within
+  evaluate omni_seq_weak omni_seq_weak "$OMNI_WEAK" "${SEQ_MAIN[@]}"
   wait
+  compare omniglot "${names[@]}" omni_seq_strong
+}
+
+# compare TAG NAME...: one table of every finished evaluation among NAME... (OUT/compare_TAG/)
+compare() {
+  local tag=$1; shift
   local args=()
-  for name in "${names[@]}"; do args+=("$name=$RUNS/eval/$name.json"); done
-  "$VARMEM" compare "${args[@]}" --markdown --out-dir "$OUT/compare_omniglot" | tee "$OUT/compare_omniglot.txt"
+  for name in "$@"; do [ -f "$RUNS/eval/$name.json" ] && args+=("$name=$RUNS/eval/$name.json"); done
+  "$VARMEM" compare "${args[@]}" --markdown --out-dir "$OUT/compare_$tag" | tee "$OUT/compare_$tag.txt"
 }
 
 case "${1:-all}" in

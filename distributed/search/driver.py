@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from varmem.distributed import cluster
+from varmem.distributed import cluster, init_from
 from varmem.distributed.config import ConfigError, RunConfig
 from varmem.distributed.search.metric import SearchMetric, choose_metric
 from varmem.distributed.search.results import collect_rows, format_table, write_results
@@ -104,7 +104,7 @@ def run_search(base: RunConfig | None, space: Space | None, options: SearchOptio
                 raise ConfigError(f"{given_dir} already holds a search: pass --resume to continue it "
                                   "or --overwrite to start it again")
     options.check(base)
-    resolved = base.resolve_paths(cwd)
+    resolved, _ = init_from.pin(base.resolve_paths(cwd))  # every trial starts from the same, hashed checkpoint
     space, variants = check_space(space, resolved, where)
     models = preflight([({}, resolved)] + variants, where)
     chosen = choose_metric(metric, models, where)

@@ -9,6 +9,8 @@
     likelihood           Capability.LIKELIHOOD, and a model that reads the episode's memory
     cosine               Capability.EMBEDDING (``model.embed``: any model, memory or not)
     pixel                nothing: no model (the baseline every table carries)
+    hausdorff            nothing: no model (a baseline every table carries)
+    hausdorff_native     no model, and the eval data at its original resolution (``--hausdorff-data``)
     samples              Capability.SAMPLING
     address picture      Capability.ADDRESS, and a model that reads the episode's memory
 
@@ -16,20 +18,37 @@ The classification methods (:mod:`varmem.models.eval.classification`): ``q_a`` p
 over a class's entries; the family's own classifier (``model.class_scores``, named by the family's
 ``classifier_method``, see :class:`varmem.models.base.FewShotModel`); ``likelihood`` p(c|x) ∝
 p(x | M_c); ``cosine`` the nearest support item by cosine similarity of ``model.embed`` features;
-``pixel`` the same nearest neighbour on raw pixels. Each function returns None when the model can
-run the part, else the reason, which the protocol records under "skipped".
+``pixel`` the same nearest neighbour on raw pixels; ``hausdorff`` the nearest support image by Lake et
+al.'s modified Hausdorff distance between ink-point sets (:mod:`varmem.models.eval.hausdorff`) on the
+episode's images, ``hausdorff_native`` the same on the same episodes' images at their original resolution
+(Lake's 105×105). Each function returns None when the model can run the part, else the reason, which the
+protocol records under "skipped". The baselines (:data:`BASELINES`) need no model: :func:`baselines`.
 """
 from __future__ import annotations
 
 from varmem.models.base import Capability
 
 Q_A, LIKELIHOOD, COSINE, PIXEL = "q_a", "likelihood", "cosine", "pixel"
+HAUSDORFF, HAUSDORFF_NATIVE = "hausdorff", "hausdorff_native"
 GENERIC_CLASSIFIER = "classifier"  # the name of a family's class_scores when it names none
 # the methods every model is asked about, in table order (a family's own classifier follows q_a)
 METHODS = (Q_A, LIKELIHOOD, COSINE)
-RESERVED = (LIKELIHOOD, COSINE, PIXEL)  # the benchmark's own methods: no family classifier may take these names
+# the no-training baselines, in table order: they need no model, and score the same for every model
+BASELINES = (PIXEL, HAUSDORFF, HAUSDORFF_NATIVE)
+RESERVED = (LIKELIHOOD, COSINE, *BASELINES)  # the benchmark's own methods: no family classifier may take these names
 LABELS = {Q_A: "q(a|x)", LIKELIHOOD: "likelihood p(x|M_c)", COSINE: "cosine NN (embed)", PIXEL: "pixels: cosine NN",
+          HAUSDORFF: "modified Hausdorff NN", HAUSDORFF_NATIVE: "modified Hausdorff NN (originals)",
           GENERIC_CLASSIFIER: "the family's class_scores"}
+NO_NATIVE_DATA = ("needs the evaluation data at its original resolution: --hausdorff-data DIR (the same source built "
+                  "with `varmem data build ... --size 105`)")
+NO_NATIVE_RUNS = ("needs Lake's runs at their original resolution: --hausdorff-lake-runs DIR (`varmem data build "
+                  "--source lake-runs ... --size 105`)")
+
+
+def baselines(native: bool = False) -> dict[str, str | None]:
+    """Each no-training baseline, in table order: None when it can run, else why not (``hausdorff_native``
+    runs only with ``native``, the same episodes' images at their original resolution)."""
+    return {PIXEL: None, HAUSDORFF: None, HAUSDORFF_NATIVE: None if native else NO_NATIVE_DATA}
 PARTS = ("nll_tables", "empty_memory", *METHODS, "classifier", "samples", "address_picture")
 
 
@@ -105,7 +124,7 @@ def why_not(model) -> dict[str, str | None]:
 def methods_for(model) -> dict[str, str | None]:
     """Each classification method of the model, in table order — q_a, the family's own classifier (when
     it has one that is not q_a), likelihood, cosine: None when the model supports it, else why not.
-    The pixel baseline needs no model and is not listed."""
+    The baselines (pixel, hausdorff) need no model and are not listed: :func:`baselines`."""
     reasons = why_not(model)
     out = {Q_A: reasons[Q_A]}
     name, _ = classifier_of(model)

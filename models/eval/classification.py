@@ -11,6 +11,11 @@ Methods (which a model has: :mod:`varmem.models.eval.capabilities`):
   query's class (1-nearest neighbour: a class scores the highest similarity among its items).
 * ``pixel``: the same nearest neighbour on the raw pixels (no model, no training): the floor every
   table carries.
+* ``hausdorff``: the nearest support image by Lake et al.'s modified Hausdorff distance between the
+  images' centred ink-point sets (:mod:`varmem.models.eval.hausdorff`; no model, no training), on the
+  episode's images at the model's size; ``hausdorff_native``: the same on the same episodes' images at
+  their original resolution, from a dataset of the same source built at another ``--size`` (Lake's
+  105×105; checked row by row by :func:`varmem.models.eval.hausdorff.check_same_episodes`).
 
 Tasks (:class:`Task`): N-way K-shot with one query per class, the classes drawn **between
 alphabets** (``EpisodeSpec(alphabet="any")``: uniformly from the whole split) or **within one
@@ -35,8 +40,10 @@ from varmem.episodes.dataset import Dataset
 from varmem.episodes.sampler import EpisodeBatch, EpisodeSampler
 from varmem.episodes.spec import EpisodeSpec
 from varmem.models.base import Batch, argmax_random_ties
-from varmem.models.eval.capabilities import (COSINE, GENERIC_CLASSIFIER, LIKELIHOOD, PIXEL, Q_A, classifier_of,
-                                             method_label, methods_for)
+from varmem.models.eval.capabilities import (BASELINES, COSINE, GENERIC_CLASSIFIER, HAUSDORFF, HAUSDORFF_NATIVE, LABELS,
+                                             LIKELIHOOD, NO_NATIVE_DATA, PIXEL, Q_A, classifier_of, method_label,
+                                             methods_for)
+from varmem.models.eval.hausdorff import check_same_episodes, hausdorff_distances
 from varmem.models.eval.passes import (IMAGES_PER_PASS, check_positive, derive_seed, device_of, eval_mode,
                                        log_likelihood, open_dataset, pass_shape, seeded)
 from varmem.models.eval.stats import accuracy_summary
@@ -106,6 +113,14 @@ def tasks_of(shapes: Sequence[Sequence[Any]] = DEFAULT_TASKS, alphabets: Sequenc
     return list(dict.fromkeys(out))
 
 
+def best_per_class(similarity: torch.Tensor, support_labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """The 1-nearest-neighbour rule: class c's score is the highest ``similarity`` [G, T, M] between a query
+    and one of c's support items (labels [G, M]) → [G, T, C] (−inf for a class without items)."""
+    onehot = torch.nn.functional.one_hot(support_labels.to(similarity.device), classes).bool()  # [G, M, C]
+    masked = similarity.unsqueeze(-1).masked_fill(~onehot.unsqueeze(1), -torch.inf)  # [G, T, M, C]
+    return masked.amax(dim=2)  # [G, T, C]
+
+
 def nearest_neighbour_scores(query: torch.Tensor, support: torch.Tensor, support_labels: torch.Tensor,
                              classes: int) -> torch.Tensor:
     """1-nearest-neighbour class scores by cosine similarity, float64: query features [G, T, D], support
@@ -115,9 +130,16 @@ def nearest_neighbour_scores(query: torch.Tensor, support: torch.Tensor, support
     q = torch.nn.functional.normalize(query.double(), dim=-1)  # [G, T, D]
     s = torch.nn.functional.normalize(support.double(), dim=-1)  # [G, M, D]
     sim = torch.einsum("gtd,gmd->gtm", q, s)  # [G, T, M]
-    onehot = torch.nn.functional.one_hot(support_labels, classes).bool()  # [G, M, C]
-    masked = sim.unsqueeze(-1).masked_fill(~onehot.unsqueeze(1), -torch.inf)  # [G, T, M, C]
-    return masked.amax(dim=2)  # [G, T, C]
+    return best_per_class(sim, support_labels, classes)  # [G, T, C]
+
+
+def hausdorff_scores(targets: torch.Tensor, memory: torch.Tensor, memory_labels: torch.Tensor,
+                     classes: int) -> torch.Tensor:
+    """1-nearest-neighbour class scores by the modified Hausdorff distance, float64 [G, T, C]: class c's
+    score is −(the smallest MHD between the target and one of c's items) — Lake's ``argmin`` over the
+    training images; targets [G, T, 1, H, W], memory [G, M, 1, H, W], labels [G, M]. A class whose items
+    have no ink scores −inf against a target with ink (and 0 against an inkless target)."""
+    return best_per_class(-hausdorff_distances(targets, memory), memory_labels.cpu(), classes)  # [G, T, C]
 
 
 def is_classifier_method(model, method: str) -> bool:
@@ -135,11 +157,14 @@ def class_log_scores(model, memory: torch.Tensor, memory_labels: torch.Tensor, t
     ``q_a`` or the family's classifier name: ``model.class_scores``.
     ``likelihood``: log p(x | M_c), M_c = class c's entries only (the classes must have equally
     many entries). ``cosine``: :func:`nearest_neighbour_scores` of ``model.embed`` features;
-    ``pixel``: of the flattened pixels (``model`` unused; may be None).
+    ``pixel``: of the flattened pixels; ``hausdorff`` and ``hausdorff_native``: :func:`hausdorff_scores` of
+    the images given (``model`` unused by these three; may be None).
     """
     C = int(memory_labels.max()) + 1
     if method == PIXEL:
         return nearest_neighbour_scores(targets.flatten(2), memory.flatten(2), memory_labels, C)
+    if method in (HAUSDORFF, HAUSDORFF_NATIVE):
+        return hausdorff_scores(targets, memory, memory_labels, C)
     if method == COSINE:
         G, M, T = memory.shape[0], memory.shape[1], targets.shape[1]
         features = model.embed(torch.cat([memory, targets], dim=1))  # [G, M + T, D]
@@ -163,7 +188,7 @@ def class_log_scores(model, memory: torch.Tensor, memory_labels: torch.Tensor, t
 
 def known_methods(model) -> list[str]:
     """Every method name :func:`class_log_scores` takes for ``model`` (supported or not)."""
-    return [*(methods_for(model) if model is not None else ()), PIXEL]
+    return [*(methods_for(model) if model is not None else ()), *BASELINES]
 
 
 def correct_targets(model, batch: EpisodeBatch | Batch, method: str = Q_A, *, ties: torch.Generator | None,
@@ -176,13 +201,16 @@ def correct_targets(model, batch: EpisodeBatch | Batch, method: str = Q_A, *, ti
     return (argmax_random_ties(scores, ties) == b.target_labels.cpu()).numpy()
 
 
-def require_method(model, method: str) -> None:
-    """A ValueError unless ``method`` is a classification method the model supports (``pixel`` needs no
-    model), saying why."""
-    if method == PIXEL:
+def require_method(model, method: str, *, native: bool = False, no_native: str = NO_NATIVE_DATA) -> None:
+    """A ValueError unless ``method`` is a classification method the model supports, saying why. The
+    baselines need no model; ``hausdorff_native`` needs ``native`` (the images at their original
+    resolution; ``no_native``: what to say when they are missing)."""
+    if method == HAUSDORFF_NATIVE and not native:
+        raise ValueError(f"classification by {method!r} {no_native}")
+    if method in BASELINES:
         return
     if model is None:
-        raise ValueError(f"classification by {method!r} needs a model (only {PIXEL!r} runs without one)")
+        raise ValueError(f"classification by {method!r} needs a model (only {', '.join(BASELINES)} run without one)")
     methods = methods_for(model)
     if method not in methods:
         raise ValueError(f"method must be one of {', '.join(known_methods(model))}, got {method!r}")
@@ -220,19 +248,27 @@ def method_entry(model, method: str, **fields: Any) -> dict[str, Any]:
 
 def classification_accuracy(model, dataset: Dataset | str, spec: EpisodeSpec, episodes: int = 1000, method: str = Q_A, *,
                             samples: int = 10, chunk: int = 100, seed: int = 0, exact_address: bool = False,
-                            progress=None) -> dict[str, Any]:
+                            native: Dataset | str | None = None, progress=None) -> dict[str, Any]:
     """N-way K-shot accuracy of ``model`` on episodes 0..episodes−1 of ``spec`` (no fine-tuning).
 
     ``method``: ``"q_a"`` or the family's classifier name (its class scores), ``"likelihood"``
     (p(x|M_c), ``samples`` importance samples per class and target), ``"cosine"`` (nearest
-    neighbour on ``model.embed``) or ``"pixel"`` (nearest neighbour on pixels; ``model`` may be
-    None). Returns :func:`accuracy_summary`'s fields plus ``method``, ``label``, ``ways``,
-    ``shots``, ``alphabet`` (and ``samples`` for the likelihood). ``progress``: a ``done(episodes)``
-    callback.
+    neighbour on ``model.embed``), or a baseline (``model`` may be None): ``"pixel"`` (nearest
+    neighbour on pixels), ``"hausdorff"`` (by the modified Hausdorff distance) or
+    ``"hausdorff_native"`` (the same on the same episodes drawn from ``native``, the data at its
+    original resolution: a DataError unless it holds the same rows as ``dataset``). Returns
+    :func:`accuracy_summary`'s fields plus ``method``, ``label`` (a Hausdorff label names the image
+    size), ``ways``, ``shots``, ``alphabet`` (and ``samples`` for the likelihood). ``progress``: a
+    ``done(episodes)`` callback.
     """
     check_positive(episodes=episodes, samples=samples, chunk=chunk)
-    require_method(model, method)
-    sampler = EpisodeSampler(open_dataset(dataset), spec, seed)
+    require_method(model, method, native=native is not None)
+    source = open_dataset(dataset)
+    if method == HAUSDORFF_NATIVE:
+        native = open_dataset(native)
+        check_same_episodes(source, native, spec.split)
+        source = native  # the same classes, items and alphabets: the sampler draws the same episodes
+    sampler = EpisodeSampler(source, spec, seed)
     per_pass, chunk = episodes_per_pass(model, spec, method, samples, chunk)
     tag = f"cls/{method}/{spec.ways}/{spec.shots}/{spec.targets}/{spec.distractors}" + (
         "/within" if spec.alphabet == "within" else "")
@@ -243,6 +279,13 @@ def classification_accuracy(model, dataset: Dataset | str, spec: EpisodeSpec, ep
                                       exact_address=exact_address, progress=progress)
     out = method_entry(model, method, ways=spec.ways, shots=spec.shots,
                        alphabet="within" if spec.alphabet == "within" else "between", **summary)
+    if method in (HAUSDORFF, HAUSDORFF_NATIVE):
+        out["label"] = hausdorff_label(sampler.split.image_shape)
     if method == LIKELIHOOD:
         out["samples"] = samples
     return out
+
+
+def hausdorff_label(image_shape: Sequence[int]) -> str:
+    """``modified Hausdorff NN, 105×105``: the label of a Hausdorff result, with the size it was computed at."""
+    return f"{LABELS[HAUSDORFF]}, {image_shape[0]}×{image_shape[1]}"

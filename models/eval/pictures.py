@@ -4,7 +4,15 @@
   from p(x | M = {exemplar}): their Bernoulli means (``kind="mean"``, grey, what papers usually
   show) or true samples (``kind="binary"``, pixels drawn from those Bernoullis); the title and
   :func:`sample_grid_file` say which.
+* :func:`unconditional_grid`: samples from p(x | M = ∅), for a family that generates with an empty
+  memory (``min_memory_size`` 0: the VAE, GMN with pseudo-inputs, the Neural Statistician, the
+  sequential model trained with context dropout) — task 1 of Rezende et al. (2016).
+* :func:`alphabet_grid`: a row per episode of ``exemplars`` characters of ONE alphabet of the split (all
+  in memory together), then samples from p(x | M) — task 3 of Rezende et al.: representative samples
+  of a novel alphabet (under the strong split the eval split's alphabets were never trained on).
 * :func:`address_picture`: q(a|x)'s most probable memory entries for a few targets.
+
+Task 2 of Rezende et al. (novel variations of one exemplar) is :func:`sample_grid`.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ from varmem.episodes.sampler import EpisodeSampler
 from varmem.episodes.show import BG, SEP, labelled, tile, upscale
 from varmem.episodes.spec import EpisodeSpec
 from varmem.models.base import Batch
-from varmem.models.eval.capabilities import reads_episode_memory, why_not
+from varmem.models.eval.capabilities import min_memory_size, reads_episode_memory, why_not
 from varmem.models.eval.passes import check_positive, derive_seed, device_of, eval_mode, open_dataset, seeded
 
 CAPTION = 13  # px: the caption band above each row of the address picture
@@ -73,6 +81,57 @@ def sample_grid(model, dataset: Dataset | str, split: str, *, rows: int = 8, sam
     shows = (f"Bernoulli means of {samples} draws from {source} (grey: not samples)" if kind == "mean"
              else f"{samples} samples from {source} (binary pixels drawn)")
     return labelled(pic, f"one-shot: exemplar | {shows}")
+
+
+def unconditional_grid(model, dataset: Dataset | str, split: str, *, rows: int = 4, samples: int = 12, seed: int = 0,
+                       kind: str = "mean") -> np.ndarray:
+    """``rows`` × ``samples`` images from p(x | M = ∅) of ``kind`` (no exemplar column). ValueError for a
+    family whose ``min_memory_size`` is above 0 (it cannot generate without memory)."""
+    check_positive(rows=rows, samples=samples)
+    need = min_memory_size(model)
+    if need > 0:
+        raise ValueError(f"unconditional_grid: the {model.family or type(model).__name__!r} family needs at least {need} "
+                         "memory entries to generate (min_memory_size), so it has no unconditional samples")
+    dataset = open_dataset(dataset)
+    s = dataset.split(split)
+    h, w = s.class_images(0).shape[-2:]
+    device = device_of(model)
+    memory = torch.zeros(rows, 0, 1, h, w, device=device)  # [R, 0, 1, H, W]: empty memories
+    with eval_mode(model), seeded(derive_seed(seed, "unconditional"), device):
+        x = model.sample(memory, samples, kind=kind)  # [R, S, 1, H, W]
+    cells = _uint8(x.reshape(rows * samples, 1, h, w)).reshape(rows, samples, h, w)
+    what = "Bernoulli means (grey: not samples)" if kind == "mean" else "samples (binary pixels drawn)"
+    return labelled(tile(upscale(cells)), f"unconditional: p(x | M = empty), {what}")
+
+
+def alphabet_grid(model, dataset: Dataset | str, split: str, *, rows: int = 6, exemplars: int = 5, samples: int = 8,
+                  seed: int = 0, binarize: str = "none", threshold: float = 0.5, kind: str = "mean") -> np.ndarray:
+    """A row per episode: ``exemplars`` characters of one alphabet (one image each, Lake's within-alphabet
+    draw), all in memory at once, a shaded gap, then ``samples`` images from p(x | M). Alphabets too small
+    for ``exemplars`` characters are skipped by the sampler's rule; fewer characters than asked are used when
+    the split's largest alphabet is smaller."""
+    check_positive(rows=rows, exemplars=exemplars, samples=samples)
+    dataset = open_dataset(dataset)
+    s = dataset.split(split)
+    largest = max(len(idx) for idx in s.alphabets.values()) if s.alphabets else s.num_classes
+    k = min(exemplars, largest)
+    spec = EpisodeSpec(split=split, ways=k, shots=1, targets=1, targets_from_memory=True, alphabet="within",
+                       binarize=binarize, threshold=threshold)
+    sampler = EpisodeSampler(dataset, spec, seed)
+    eps = [sampler.episode(i) for i in range(rows)]
+    memory = torch.stack([ep.memory for ep in eps]).to(device_of(model))  # [R, k, 1, H, W]
+    with eval_mode(model), seeded(derive_seed(seed, "alphabet"), memory.device):
+        x = model.sample(memory, samples, kind=kind)  # [R, S, 1, H, W]
+    h, w = memory.shape[-2:]
+    cells = np.zeros((rows, k + 1 + samples, h, w), dtype=np.uint8)
+    for r, ep in enumerate(eps):
+        cells[r, :k] = _uint8(ep.memory)
+    cells[:, k + 1:] = _uint8(x.reshape(rows * samples, 1, h, w)).reshape(rows, samples, h, w)
+    big = upscale(cells)
+    pic = tile(big)
+    _shade_column(pic, k, big.shape[-1])
+    what = "Bernoulli means" if kind == "mean" else "samples"
+    return labelled(pic, f"novel alphabet: {k} characters of one alphabet in memory | {what} from p(x|M)")
 
 
 def address_picture(model, dataset: Dataset | str, split: str, *, targets: int = 6, ways: int = 10, shots: int = 2,

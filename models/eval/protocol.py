@@ -10,7 +10,8 @@ and the split can supply, and records every part it skipped with the reason (``"
   C_test = 1..4 classes in the set),
 * the classification benchmark (:mod:`.classification`: 5/20-way 1/5-shot between alphabets and
   within one, by q(a|x) or the family's own classifier, likelihood, cosine nearest neighbour on
-  the model's embedding, and the pixel nearest-neighbour baseline that needs no model),
+  the model's embedding, and the baselines that need no model: pixel nearest neighbour, Lake's
+  modified Hausdorff distance at the model's size and, given ``hausdorff_data``, on the originals),
 * Lake's one-shot runs (:mod:`.lake`), by the same methods,
 * pictures (:mod:`.pictures`: one-shot sample grids of Bernoulli means and of binary samples,
   q(a|x)'s top entries; :mod:`.plots`: the NLL tables as plots).
@@ -48,19 +49,21 @@ from varmem.episodes.dataset import Dataset
 from varmem.episodes.errors import DataError
 from varmem.episodes.show import save_png
 from varmem.models.base import Capability
-from varmem.models.eval.capabilities import (GENERIC_CLASSIFIER, LIKELIHOOD, PIXEL, classifier_of, method_label,
-                                             methods_for, min_memory_size, why_not)
+from varmem.models.eval.capabilities import (BASELINES, GENERIC_CLASSIFIER, HAUSDORFF_NATIVE, LIKELIHOOD, NO_NATIVE_DATA,
+                                             NO_NATIVE_RUNS, baselines, classifier_of, method_label, methods_for,
+                                             min_memory_size, reads_episode_memory, why_not)
 from varmem.models.eval.classification import (DEFAULT_ALPHABETS, DEFAULT_TASKS, Task, alphabet_of,
                                                classification_accuracy, tasks_of)
 from varmem.models.eval.conditioning import (DEFAULT_CONDITIONING_CLASSES, DEFAULT_CONDITIONING_EXAMPLES, RULE,
                                              nll_table_conditioning, rows_that_fit)
 from varmem.models.eval.cost import (PartCost, classification_cost, format_cost, nll_classes_cost, nll_conditioning_cost,
                                      nll_examples_cost)
-from varmem.models.eval.lake import lake_runs as load_lake_runs, lake_runs_accuracy
+from varmem.models.eval.lake import lake_runs as load_lake_runs, lake_runs_accuracy, native_lake_runs
 from varmem.models.eval.nll_tables import (CLASS_TABLE_TARGETS, DEFAULT_EXAMPLES, TABLES, classes_that_fit,
                                            examples_that_fit, nll_table_classes, nll_table_examples, objective_samples)
 from varmem.models.eval.passes import check_positive, open_dataset, spec_problem
-from varmem.models.eval.pictures import SAMPLE_KINDS, address_picture, sample_grid, sample_grid_file
+from varmem.models.eval.pictures import (SAMPLE_KINDS, address_picture, alphabet_grid, sample_grid, sample_grid_file,
+                                         unconditional_grid)
 from varmem.models.eval.progress import Progress, timed
 
 RESULT_VERSION = 2
@@ -113,19 +116,23 @@ def _accuracy(r: dict[str, Any]) -> str:
     return f"{100 * r['accuracy']:.2f} ± {100 * (r['ci95'] or 0):.2f} % ({r['episodes']} episodes)"
 
 
-def choose_methods(model, methods: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """(the classification methods to run, in table order, the pixel baseline last; a line per requested
-    method the model cannot run, saying why). ``methods`` None: every method the model has, and
-    pixel. "classifier" stands for the family's own classifier, whatever it is named."""
+def choose_methods(model, methods: Sequence[str] | None, native: bool = False) -> tuple[list[str], list[str]]:
+    """(the classification methods to run, in table order, the baselines last; a line per requested
+    method the model cannot run, saying why). ``methods`` None: every method the model has, and the
+    baselines that can run (``hausdorff_native`` with ``native``: the data at its original
+    resolution). "classifier" stands for the family's own classifier, whatever it is named."""
     available = methods_for(model)
+    extra = baselines(native)
     own = classifier_of(model)[0] if model.supports(Capability.CLASSIFICATION) else None
     if methods is None:
-        wanted = [*available, PIXEL]
+        wanted = [*available, *(m for m, why in extra.items() if why is None)]
     else:
         wanted = list(dict.fromkeys(own if m == GENERIC_CLASSIFIER and own else m for m in methods))
     run, skipped = [], []
     for m in wanted:
-        if m == PIXEL:
+        if m in extra:
+            if extra[m] is not None:
+                skipped.append(f"classification by {m}: {extra[m]}")
             continue
         if m in available:
             if available[m] is None:
@@ -138,8 +145,7 @@ def choose_methods(model, methods: Sequence[str] | None) -> tuple[list[str], lis
                            + (f" (its own is {own!r})" if own else " (it declares no classification)"))
     order = list(available)
     run.sort(key=order.index)
-    if PIXEL in wanted:
-        run.append(PIXEL)
+    run += [m for m, why in extra.items() if m in wanted and why is None]
     return run, skipped
 
 
@@ -152,7 +158,8 @@ def plan(model, dataset: Dataset | str, split: str, *, binarize: str = "none", t
          alphabets: Sequence[str] = DEFAULT_ALPHABETS, alphabet: str | None = None, methods: Sequence[str] | None = None,
          conditioning_classes: Sequence[int] = DEFAULT_CONDITIONING_CLASSES,
          conditioning_examples: Sequence[int] = DEFAULT_CONDITIONING_EXAMPLES, exact_address: bool = False,
-         sample_kinds: Sequence[str] = SAMPLE_KINDS) -> Plan:
+         sample_kinds: Sequence[str] = SAMPLE_KINDS, hausdorff_data: Dataset | str | Path | None = None,
+         hausdorff_lake_runs: Dataset | str | Path | None = None) -> Plan:
     """The parts of the protocol that ``model`` can run on ``split`` of ``dataset``, with their costs;
     nothing runs yet. Arguments as in :func:`evaluate`."""
     likelihood_episodes = min(LIKELIHOOD_EPISODES, classification_episodes) if likelihood_episodes is None else likelihood_episodes
@@ -171,7 +178,8 @@ def plan(model, dataset: Dataset | str, split: str, *, binarize: str = "none", t
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
             raise DataError(f"evaluation: {name} must be ints ≥ {low}, got {list(values)!r}")
     data = dict(binarize=binarize, threshold=threshold)
-    run_methods, method_skips = choose_methods(model, methods)
+    run_methods, method_skips = choose_methods(model, methods, native=hausdorff_data is not None
+                                               or hausdorff_lake_runs is not None)
     result: dict[str, Any] = {
         "version": RESULT_VERSION, "model": model.family,
         "classifier": ({"method": classifier_of(model)[0], "label": classifier_of(model)[1]}
@@ -186,6 +194,8 @@ def plan(model, dataset: Dataset | str, split: str, *, binarize: str = "none", t
         "skipped": [],
     }
     skipped: list[str] = result["skipped"]
+    if hausdorff_data is not None:  # the originals of hausdorff_native: which data, which shards
+        result["hausdorff_data"] = dataset_info(open_dataset(hausdorff_data), split)
     header = (f"evaluation protocol: {type(model).__name__} ({model.family}) on {Path(dataset.directory).name}/{split}, "
               f"seed {seed}")
     p = Plan(header, result)
@@ -203,12 +213,15 @@ def plan(model, dataset: Dataset | str, split: str, *, binarize: str = "none", t
     likelihood = dict(samples=likelihood_samples, chunk=chunk, seed=seed, exact_address=exact_address)
     if classification:
         result["classification"] = {}
-        _plan_classification(p, model, dataset, split, run_methods, task_list, data, classification_episodes,
-                             likelihood_episodes, likelihood)
-    if lake_runs is not None and not run_methods:
+        cls_methods = _without_originals(run_methods, hausdorff_data, NO_NATIVE_DATA, skipped)
+        _plan_classification(p, model, dataset, split, cls_methods, task_list, data, classification_episodes,
+                             likelihood_episodes, dict(likelihood, native=hausdorff_data))
+    lake_methods = _without_originals(run_methods, hausdorff_lake_runs, NO_NATIVE_RUNS,
+                                      skipped if lake_runs is not None else [])
+    if lake_runs is not None and not lake_methods:
         skipped.append("Lake's runs: no classification method to run (see above)")
     elif lake_runs is not None:
-        _plan_lake(p, model, lake_runs, run_methods, binarize, threshold, likelihood)
+        _plan_lake(p, model, lake_runs, lake_methods, binarize, threshold, dict(likelihood, native=hausdorff_lake_runs))
     result["pictures"] = []
     if pictures and out_dir is not None:
         kinds = list(sample_kinds) if reasons["samples"] is None else []
@@ -221,6 +234,14 @@ def plan(model, dataset: Dataset | str, split: str, *, binarize: str = "none", t
                                                            address=reasons["address_picture"] is None),
                                 lambda paths: f"{len(paths)} files in {out_dir}"))
     return p
+
+
+def _without_originals(methods: list[str], originals, why: str, skipped: list[str]) -> list[str]:
+    """``methods`` less hausdorff_native when its originals are not given (saying so in ``skipped``)."""
+    if HAUSDORFF_NATIVE in methods and originals is None:
+        skipped.append(f"classification by {HAUSDORFF_NATIVE}: {why}")
+        return [m for m in methods if m != HAUSDORFF_NATIVE]
+    return methods
 
 
 def _plan_tables(p: Plan, model, dataset: Dataset, split: str, tables: set[str], examples: Sequence[int],
@@ -267,7 +288,10 @@ def _plan_conditioning(p: Plan, model, dataset: Dataset, split: str, classes: Se
 
 def _plan_classification(p: Plan, model, dataset: Dataset, split: str, methods: list[str], tasks: list[Task],
                          data: dict[str, Any], episodes: int, likelihood_episodes: int, options: dict[str, Any]) -> None:
-    """A part per (task, method); a task the split cannot supply is skipped, saying why."""
+    """A part per (task, method); a task the split cannot supply is skipped, saying why. ``options``: of
+    :func:`classification_accuracy` (``native``: the originals, for hausdorff_native only)."""
+    options = dict(options)
+    native = options.pop("native", None)
     for task in tasks if methods else ():
         spec = task.spec(split, **data)
         problem = spec_problem(spec, dataset)
@@ -283,18 +307,20 @@ def _plan_classification(p: Plan, model, dataset: Dataset, split: str, methods: 
 
             def run(say, spec=spec, m=m, n=n, task=task, label=label):
                 with say.part(f"{task.name} by {label}", n) as done:
-                    return classification_accuracy(None if m == PIXEL else model, dataset, spec, n, m, progress=done,
-                                                   **options)
+                    return classification_accuracy(None if m in BASELINES else model, dataset, spec, n, m, progress=done,
+                                                   native=native if m == HAUSDORFF_NATIVE else None, **options)
 
             p.parts.append(Part(("classification", task.key, m), cost, run, _accuracy))
 
 
 def _plan_lake(p: Plan, model, directory, methods: list[str], binarize: str, threshold: float,
                options: dict[str, Any]) -> None:
-    """Lake's runs by every method the model has (and pixels); their image size is checked now, before
-    anything runs."""
+    """Lake's runs by every method the model has (and the baselines); their image size is checked now, and the
+    originals (``options["native"]``, for hausdorff_native) against them, before anything runs."""
     data = dict(binarize="static" if binarize == "dynamic" else binarize, threshold=threshold)  # fixed images
     runs = list(load_lake_runs(model, directory, **data))
+    if HAUSDORFF_NATIVE in methods:
+        native_lake_runs(load_lake_runs(model, directory, **data), options["native"], **data)
     C, T = int(runs[0].memory_labels.max()) + 1, int(runs[0].targets.shape[0])
     cost = sum(classification_cost("", m, len(runs), C, T, options["samples"]).decodes for m in methods)
 
@@ -318,6 +344,10 @@ def _draw_pictures(model, dataset, split, result, folder: Path, seed: int, data:
     drawn: list[tuple[str, Callable]] = [
         (sample_grid_file(kind), lambda kind=kind: sample_grid(model, dataset, split, seed=seed, kind=kind, **data))
         for kind in sample_kinds]
+    if sample_kinds and reads_episode_memory(model):  # Rezende et al.'s task 3: samples given an alphabet
+        drawn.append(("samples_alphabet.png", lambda: alphabet_grid(model, dataset, split, seed=seed, **data)))
+    if sample_kinds and min_memory_size(model) == 0:  # task 1: generation with an empty memory
+        drawn.append(("samples_unconditional.png", lambda: unconditional_grid(model, dataset, split, seed=seed)))
     if address:
         drawn.append(("address_top5.png", lambda: address_picture(model, dataset, split, seed=seed, **data)))
     paths = [str(save_png(draw(), folder / name)) for name, draw in drawn]

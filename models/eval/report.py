@@ -18,8 +18,9 @@ plausible number (it has no per-episode values to check it against), or a whole 
 consistently.
 
 The classification benchmark across runs (:func:`classification_table`): one table, a row per
-(run, method) and the pixel baseline's row first, a column per task (between alphabets, then within
-one, then Lake's runs), as console or Markdown text and as tidy CSV rows (:func:`classification_csv`).
+(run, method) and the no-training baselines' rows first (pixels, the modified Hausdorff distance at the
+model's size and on the originals), a column per task (between alphabets, then within one, then Lake's
+runs), as console or Markdown text and as tidy CSV rows (:func:`classification_csv`).
 The seed papers' numbers (:mod:`varmem.models.eval.seeds`) appear beside ours where a row matches,
 labelled as theirs. Saved evaluations of the older layout (no "version" field: version 1) load; a table
 they lack is named in a note.
@@ -31,13 +32,17 @@ from typing import Any, Sequence
 
 from varmem.episodes.errors import DataError
 from varmem.models.eval import seeds as seed_papers
-from varmem.models.eval.capabilities import LABELS, LIKELIHOOD, PIXEL
+from varmem.models.eval.capabilities import BASELINES, HAUSDORFF, HAUSDORFF_NATIVE, LABELS, LIKELIHOOD, PIXEL
 from varmem.models.eval.classification import Task, parse_task_key
 from varmem.models.eval.conditioning import columns as conditioning_columns
 from varmem.models.eval.nll_tables import OPTIMUM_NOTE
 from varmem.models.eval.protocol import RESULT_VERSION
 
 FLAG = "†"  # a row below its optimum
+# the run column of a baseline's row in the comparison (its method column: the result's label, e.g. with the size)
+BASELINE_RUNS = {PIXEL: "pixels", HAUSDORFF: "Hausdorff", HAUSDORFF_NATIVE: "Hausdorff (originals)"}
+# Lake et al.'s published error (%) of the modified Hausdorff nearest neighbour on their 20 runs (105×105)
+LAKE_HAUSDORFF_ERROR = 38.8
 # keys of a headline result that are not the family's objective terms
 HEADLINE_BOOKKEEPING = ("nll_bound", "nll_bound_stderr", "objective_nll_bound", "accuracy", "accuracy_stderr", "seed",
                         "samples", "objective_samples", "episodes", "step")
@@ -136,7 +141,10 @@ def format_tables(result: dict[str, Any]) -> str:
         out.append(f"Lake's one-shot runs ({lake['runs']} runs, {'/'.join(map(str, lake['ways']))}-way 1-shot, {lake['dir']})")
         for m, entry in lake.items():
             if isinstance(entry, dict) and "accuracy" in entry:
-                out.append(f"  {method_title(m, entry):<28} {_acc(entry)}   error {100 * (1 - entry['accuracy']):.1f}%")
+                out.append(f"  {method_title(m, entry):<28} {_acc(entry)}   error {100 * (1 - entry['accuracy']):.2f}%")
+        if any(isinstance(lake.get(m), dict) for m in (HAUSDORFF, HAUSDORFF_NATIVE)):
+            out.append(f"  (Lake et al. 2015, theirs: {LAKE_HAUSDORFF_ERROR}% error for the modified Hausdorff distance on "
+                       "the 105×105 originals, 4.5% for people)")
     if result.get("skipped"):
         out.append("Skipped (the model's capabilities or the split do not allow them):")
     for line in result.get("skipped") or []:
@@ -161,12 +169,13 @@ def task_short(task: Task) -> str:
 
 
 def result_methods(result: dict[str, Any]) -> list[str]:
-    """The methods of a result's classification (and Lake) entries, in its "methods" order, pixel last."""
+    """The methods of a result's classification (and Lake) entries, in its "methods" order, the baselines
+    last (pixel, hausdorff, hausdorff_native)."""
     found = [m for entry in (result.get("classification") or {}).values() if isinstance(entry, dict) for m in entry]
     found += [m for m, v in (result.get("lake_runs") or {}).items() if isinstance(v, dict) and "accuracy" in v]
     order = [*(result.get("methods") or []), *found]
-    out = [m for m in dict.fromkeys(order) if m in found and m != PIXEL]
-    return out + ([PIXEL] if PIXEL in found else [])
+    out = [m for m in dict.fromkeys(order) if m in found and m not in BASELINES]
+    return out + [m for m in BASELINES if m in found]
 
 
 def _episodes_note(result: dict[str, Any]) -> str:
@@ -604,8 +613,9 @@ def _mark(marks: list[Any], seed: Any) -> str:
 def classification_table(results: Sequence[tuple[str, dict[str, Any]]], marks: list[Any] | None = None):
     """The benchmark across runs: (title, header, rows, footnotes, records) or None when no run has one.
 
-    Rows: the pixel baseline first (one row when every run's pixel numbers agree, as they do on the
-    same dataset, split, seed and episodes; else a row per group of runs), then per run a row per
+    Rows: the no-training baselines first, each (pixels, the modified Hausdorff distance, on the originals)
+    in one row when every run's numbers for it agree, as they do on the same dataset, split, seed and
+    episodes (else a row per group of runs), then per run a row per
     method, each followed by the seed papers' rows for its family and method (``seed¹``: numbered in
     ``marks``, footnoted by :func:`seed_footnotes`). Columns: the tasks, between alphabets, within, Lake's
     runs. ``records``: one dict per cell for :func:`classification_csv` (``kind`` "baseline", "ours" or
@@ -631,22 +641,25 @@ def classification_table(results: Sequence[tuple[str, dict[str, Any]]], marks: l
                         "episodes": entry.get("episodes"), "targets": entry.get("targets"),
                         "samples": entry.get("samples"), **(extra or {})})
 
-    groups: dict[tuple, list[str]] = {}
-    pixel_of: dict[tuple, dict[str, Any]] = {}
-    for label, res in results:
-        cells = tuple(_cell(_entry(res, k, PIXEL)) for k in tasks)
-        if any(c != "—" for c in cells):
-            groups.setdefault(cells, []).append(label)
-            pixel_of.setdefault(cells, res)
-    for cells, labels in groups.items():
-        run = "pixels" if len(groups) == 1 else f"pixels [{', '.join(labels)}]"
-        rows.append([run, method_title(PIXEL), *cells])
-        for k in tasks:
-            record("baseline", run, None, PIXEL, method_title(PIXEL), k, _entry(pixel_of[cells], k, PIXEL))
+    for base in BASELINES:
+        groups: dict[tuple, list[str]] = {}
+        first_of: dict[tuple, dict[str, Any]] = {}
+        for label, res in results:
+            cells = tuple(_cell(_entry(res, k, base)) for k in tasks)
+            if any(c != "—" for c in cells):
+                groups.setdefault(cells, []).append(label)
+                first_of.setdefault(cells, res)
+        for cells, labels in groups.items():
+            name = BASELINE_RUNS[base]
+            run = name if len(groups) == 1 else f"{name} [{', '.join(labels)}]"
+            title = method_title(base, next((e for k in tasks if (e := _entry(first_of[cells], k, base))), None))
+            rows.append([run, title, *cells])
+            for k in tasks:
+                record("baseline", run, None, base, title, k, _entry(first_of[cells], k, base))
     for label, res in results:
         family = res.get("model")
         for m in result_methods(res):
-            if m == PIXEL:
+            if m in BASELINES:
                 continue
             first = next((e for k in tasks if (e := _entry(res, k, m))), None)
             samples = res.get("likelihood_samples") if m == LIKELIHOOD else None

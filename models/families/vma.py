@@ -25,7 +25,9 @@ Networks (``varmem.models.networks``): one m-pyramid, tied between p(z | m) (its
 m-pathway (its top), the decoder's skip connections (all levels) and the key embedding h(m);
 an x-pyramid for q(z | x, m)'s x-pathway and h_q(x). q(z | x, m) concatenates x's and m's top
 features: the x-pyramid runs once per target and the m-pyramid once per memory entry, so the
-K address samples of a target cost K MLP heads and K decoders, not K conv pyramids.
+K address samples of a target cost K MLP heads and K decoders, not K conv pyramids. The decoder
+gets the entries' skips and the row each sample reads, so that the half of its stage convolutions
+that sees m_a runs once per entry, not once per (target, sample) (``ConvDecoder.shared_skips``).
 
 Memory: ``memory="episode"`` reads the episode's exemplars [G, M, 1, H, W]; ``"learned"``
 reads ``learned_memory_size`` parameter images shared by all episodes (the episode's memory
@@ -217,7 +219,8 @@ class VMA(FewShotModel):
         q_z = DiagonalGaussian.from_params(self.posterior_head(torch.cat([x_top, m_top], dim=-1)))  # [G, T, K, z]
         p_z = mem.prior_z.index(rows)  # [G, T, K, z]
         z = q_z.rsample(generator=generator)  # [G, T, K, z]
-        logits = self.decoder(z.reshape(G * T * K, -1), [s[flat] for s in mem.skips])  # [G·T·K, 1, H, W]
+        # the decoder reads m_{a_k}'s skips by row: its skip convolutions run once per entry (networks.py)
+        logits = self.decoder(z.reshape(G * T * K, -1), mem.skips, rows=flat)  # [G·T·K, 1, H, W]
         log_px = bernoulli_log_prob(logits.view(G, T, K, 1, *self.image_shape), tgt.x.unsqueeze(2))  # [G, T, K]
         return LatentTerms(log_px, p_z.log_prob(z), q_z.log_prob(z), q_z.kl(p_z))
 
@@ -311,5 +314,5 @@ class VMA(FewShotModel):
         a = torch.multinomial(probs, num, replacement=True, generator=generator)  # [G, num]
         rows = mem.rows(a)
         z = mem.prior_z.index(rows).rsample(generator=generator)  # [G, num, z]
-        logits = self.decoder(z.reshape(G * num, -1), [s[rows.reshape(-1)] for s in mem.skips])
+        logits = self.decoder(z.reshape(G * num, -1), mem.skips, rows=rows.reshape(-1))  # [G·num, 1, H, W]
         return logits.view(G, num, 1, *self.image_shape)

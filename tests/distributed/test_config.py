@@ -131,7 +131,8 @@ def test_saved_config_round_trips_with_every_default(tmp_path):
     saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     for section in ("data", "optim", "train", "run"):
         assert set(saved[section]) == {f.name for f in dataclasses.fields(type(getattr(c, section)))}
-    assert set(saved["episode"]["train"]) == {"ways", "shots", "targets", "distractors", "alphabet", "targets_from_memory"}
+    assert set(saved["episode"]["train"]) == {"ways", "shots", "targets", "distractors", "alphabet", "targets_from_memory",
+                                               "augment"}
     assert saved["optim"]["betas"] == [0.8, 0.99] and saved["train"]["steps"] == 5
     again = RunConfig.from_yaml(path)
     assert again == c and again.differences(c) == []

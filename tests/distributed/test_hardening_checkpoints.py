@@ -26,7 +26,7 @@ from tests.distributed.helpers import tiny_raw, write_config
 
 QUIET = TrainContext(quiet=True)
 # the fields of a metrics.jsonl row that measure time, not the run
-TIMING = {"episodes_per_s", "data_wait", "eta_s", "elapsed_s", "process_cpu_s"}
+TIMING = {"episodes_per_s", "data_wait", "eta_s", "elapsed_s", "process_cpu_s", "cpu_s"}
 
 
 def config(tiny_data: Path, run_dir: Path, **train_fields) -> RunConfig:

@@ -297,6 +297,16 @@ def test_pictures_have_the_documented_sizes_and_say_what_they_show(dataset):
     assert pictures.sample_grid_file("binary") == "samples_one_shot_binary.png"
     with pytest.raises(ValueError, match="kind must be one of mean, binary"):
         pictures.sample_grid(vma, dataset, SPLIT, kind="sample")
+    alpha = pictures.alphabet_grid(vma, dataset, SPLIT, rows=3, exemplars=4, samples=2)
+    assert alpha.shape == (16 + 3 * (CELL + 2) + 2, 7 * (CELL + 2) + 2)  # 4 characters, gap, 2 samples
+    for r in range(3):  # each row's exemplars are distinct characters (of one alphabet: the sampler's within rule)
+        row = alpha[16 + 2 + r * (CELL + 2): 16 + 2 + r * (CELL + 2) + CELL]
+        cells = [row[:, 2 + j * (CELL + 2): 2 + j * (CELL + 2) + CELL] for j in range(4)]
+        assert len({c.tobytes() for c in cells}) == 4
+    unconditional = pictures.unconditional_grid(tiny_model("vae"), dataset, SPLIT, rows=2, samples=3)
+    assert unconditional.shape == (16 + 2 * (CELL + 2) + 2, 3 * (CELL + 2) + 2)
+    with pytest.raises(ValueError, match="needs at least 1 memory entries"):
+        pictures.unconditional_grid(vma, dataset, SPLIT)
     pic = pictures.address_picture(vma, dataset, SPLIT, targets=3, ways=4, shots=2, top=5)
     assert pic.shape == (16 + 3 * (pictures.CAPTION + CELL + 4), 7 * (CELL + 2) + 2)
     with pytest.raises(ValueError, match="no address posterior"):
@@ -338,7 +348,7 @@ def test_evaluate_writes_tables_classification_and_pictures(dataset, lake_dir, t
     # 5-way tasks between alphabets and within one (the split's one alphabet); 20-way ones do not fit
     assert set(r["classification"]) == {"5way1shot", "5way5shot", "5way1shot_within", "5way5shot_within"}
     for entry in r["classification"].values():
-        assert list(entry) == ["q_a", "likelihood", "cosine", "pixel"]
+        assert list(entry) == ["q_a", "likelihood", "cosine", "pixel", "hausdorff"]
         assert set(entry["q_a"]) >= {"accuracy", "ci95", "episodes", "label"} and entry["q_a"]["episodes"] == 10
         assert entry["likelihood"]["episodes"] == 10  # min(100, classification_episodes)
     assert r["lake_runs"]["runs"] == 2 and set(r["lake_runs"]) >= {"q_a", "likelihood", "cosine", "pixel"}
@@ -348,7 +358,7 @@ def test_evaluate_writes_tables_classification_and_pictures(dataset, lake_dir, t
     folder = tmp_path / "run" / "evaluation"
     assert sorted(Path(p).name for p in r["pictures"]) == [
         "address_top5.png", "nll_conditioning.png", "nll_vs_classes.png", "nll_vs_examples.png",
-        "samples_one_shot_binary.png", "samples_one_shot_means.png"]
+        "samples_alphabet.png", "samples_one_shot_binary.png", "samples_one_shot_means.png"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(Path(p).name for p in r["pictures"])  # no temporaries
     with Image.open(folder / "samples_one_shot_means.png") as im:
         assert im.size == (12 * (CELL + 2) + 2, 16 + 6 * (CELL + 2) + 2)  # 10 samples; all 6 classes
@@ -371,8 +381,8 @@ def test_evaluate_writes_tables_classification_and_pictures(dataset, lake_dir, t
                and "2 episodes × 7 rows × 3 targets × (K=3 + 4)" in line and line.endswith(f"{2 * 7 * 3 * 7:,}")
                for line in plan), plan
     assert any("5-way 1-shot within by pixels: cosine NN" in line and line.endswith(" 0") for line in plan), plan
-    # tables (examples, classes, 4 columns of the talk's), 4 tasks × 4 methods, Lake, pictures
-    assert sum(line.startswith("done: ") for line in lines) == 2 + 4 + 16 + 1 + 1
+    # tables (examples, classes, 4 columns of the talk's), 4 tasks × 5 methods (with the two baselines), Lake, pictures
+    assert sum(line.startswith("done: ") for line in lines) == 2 + 4 + 20 + 1 + 1
     # the same model, the same arguments: the same numbers
     again = protocol.evaluate(vma, dataset, **{**kw, "pictures": False, "progress": None})
     for key in ("nll_vs_examples", "nll_vs_classes", "nll_conditioning", "classification", "lake_runs"):
@@ -383,11 +393,11 @@ def test_evaluate_writes_tables_classification_and_pictures(dataset, lake_dir, t
 def test_evaluate_a_model_without_memory(dataset, tmp_path):
     r = protocol.evaluate(tiny_model("vae"), dataset, samples=2, episodes=2, classification_episodes=5,
                           out_dir=tmp_path / "pics", progress=None, examples=(1, 2), **DATA)
-    assert all(list(entry) == ["cosine", "pixel"] for entry in r["classification"].values())  # embedding, no memory
+    assert all(list(entry) == ["cosine", "pixel", "hausdorff"] for entry in r["classification"].values())  # embedding, no memory
     assert any("classification by likelihood" in s for s in r["skipped"])
     assert sorted(Path(p).name for p in r["pictures"]) == [
         "nll_conditioning.png", "nll_vs_classes.png", "nll_vs_examples.png", "samples_one_shot_binary.png",
-        "samples_one_shot_means.png"]
+        "samples_one_shot_means.png", "samples_unconditional.png"]
     assert all(Path(p).parent == tmp_path / "pics" for p in r["pictures"])
 
 
@@ -415,7 +425,7 @@ def test_a_model_without_likelihood_gets_its_likelihood_parts_skipped_with_the_r
                           out_dir=tmp_path, progress=lines.append, **DATA)
     assert "nll_vs_examples" not in r and "nll_vs_classes" not in r and "nll_conditioning" not in r
     assert r["classifier"] == {"method": "classifier", "label": "the family's class_scores"}
-    assert all(list(entry) == ["classifier", "pixel"] for entry in r["classification"].values())  # its own, and the floor
+    assert all(list(entry) == ["classifier", "pixel", "hausdorff"] for entry in r["classification"].values())  # its own, and the floor
     reasons = "\n".join(r["skipped"])
     assert "NLL tables: the 'classifier' family has no likelihood (it does not declare the 'likelihood' capability)" in reasons
     assert "classification by likelihood: the 'classifier' family has no likelihood" in reasons
@@ -475,7 +485,7 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
     assert [row["examples"] for row in p["nll_vs_examples"]] == [1, 2, 3, 4, 5, 10]
     assert p["nll_vs_classes"][0]["classes"] == 1 and all("optimum" in row for row in p["nll_vs_classes"])
     assert p["classification"]["5way1shot"]["q_a"]["episodes"] == 10
-    assert set(p["classification"]["5way5shot"]) == {"q_a", "likelihood", "pixel"}  # the stand-in does not embed
+    assert set(p["classification"]["5way5shot"]) == {"q_a", "likelihood", "pixel", "hausdorff"}  # the stand-in does not embed
     assert p["lake_runs"]["runs"] == 2 and (pics / "address_top5.png").is_file()
     assert p["seed"] == 1 and p["samples"] == 3  # the config's train.val_seed
     assert main(argv + ["--no-pictures"]) == 0

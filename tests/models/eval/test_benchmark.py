@@ -181,8 +181,8 @@ def test_the_same_episodes_for_every_model_and_method(dataset):
     b = protocol.evaluate(matching_stub(), dataset, SPLIT, **kw)
     for key in ("5way1shot", "5way1shot_within"):
         assert a["classification"][key]["pixel"] == b["classification"][key]["pixel"]
-    assert list(a["classification"]["5way1shot"]) == ["q_a", "likelihood", "cosine", "pixel"]
-    assert list(b["classification"]["5way1shot"]) == ["matching", "cosine", "pixel"]
+    assert list(a["classification"]["5way1shot"]) == ["q_a", "likelihood", "cosine", "pixel", "hausdorff"]
+    assert list(b["classification"]["5way1shot"]) == ["matching", "cosine", "pixel", "hausdorff"]
     assert a["tasks"] == b["tasks"] == ["5way1shot", "5way1shot_within"]
     assert a["likelihood_episodes"] == 25  # min(100, classification_episodes)
 
@@ -264,7 +264,7 @@ def test_a_classifier_only_family_through_the_protocol_and_varmem_eval(data, dat
                           out_dir=tmp_path / "pics", progress=None, **DATA)
     assert r["classifier"] == {"method": "matching", "label": "softmax of cosine attention"}
     assert not any(k in r for k in ("nll_vs_examples", "nll_vs_classes", "nll_conditioning"))
-    assert list(r["classification"]["5way1shot"]) == ["matching", "cosine", "pixel"]
+    assert list(r["classification"]["5way1shot"]) == ["matching", "cosine", "pixel", "hausdorff"]
     skipped = "\n".join(r["skipped"])
     for needle in ("NLL tables: the 'eval_matching_stub' family has no likelihood",
                    "classification by likelihood: the 'eval_matching_stub' family has no likelihood",
@@ -345,17 +345,18 @@ def test_compare_one_table_markdown_csv_pixel_row_and_seeds(two_results, tmp_pat
     start = next(i for i, line in enumerate(lines) if line.startswith("Few-shot classification"))
     header = lines[start + 1].split()
     assert header[:2] == ["run", "method"] and "within" in header
-    body = [line.split() for line in lines[start + 2:start + 8]]
-    assert body[0][:3] == ["pixels", "pixels:", "cosine"]  # the floor first, once: both runs scored the same episodes
-    assert [row[0] for row in body] == ["pixels", "VMA", "seed⁴", "VMA", "VMA", "VAE"]
-    assert body[2][1:3] == ["q(a|x)", "91.0"] and "(K=2)" in lines[start + 5]
+    body = [line.split() for line in lines[start + 2:start + 9]]
+    assert body[0][:3] == ["pixels", "pixels:", "cosine"]  # the floors first, once: both runs scored the same episodes
+    assert body[1][:5] == ["Hausdorff", "modified", "Hausdorff", "NN,", "26×26"]
+    assert [row[0] for row in body] == ["pixels", "Hausdorff", "VMA", "seed⁴", "VMA", "VMA", "VAE"]
+    assert body[3][1:3] == ["q(a|x)", "91.0"] and "(K=2)" in lines[start + 6]
     assert "⁴ seed: VMA [Bornschein et al. 2017, §4.3" in out and "not ours" in out
     talk = next(i for i, line in enumerate(lines) if line.startswith("NLL bound vs conditioning examples"))
     assert lines[talk + 1].split() == ["run", "C_test", "n=0", "n=1", "n=2"]
     assert lines[talk + 2].split()[:3] == ["VMA", "1", "—"]  # no n = 0 row for VMA
     rows = list(csv.DictReader(io.StringIO((out_dir / "classification.csv").read_text())))
     assert {r["kind"] for r in rows} == {"baseline", "ours", "seed"}
-    assert sum(r["kind"] == "baseline" for r in rows) == 2  # one per task, not per run
+    assert sum(r["kind"] == "baseline" for r in rows) == 4  # one per task and baseline, not per run
     ours = [r for r in rows if r["kind"] == "ours" and r["run"] == "VMA" and r["task"] == "5way1shot_within"]
     assert [r["method"] for r in ours] == ["q_a", "likelihood", "cosine"]
     assert float(ours[0]["accuracy"]) == vma["classification"]["5way1shot_within"]["q_a"]["accuracy"]
