@@ -107,6 +107,48 @@ def _conditioning_series(rows: Sequence[dict[str, Any]], xs: Sequence[int], pref
 CONDITIONING_TITLE = "NLL vs conditioning examples, C_test classes in the set (± s.e.)"
 
 
+def _conditioning_panels(results: Sequence[tuple[str, dict[str, Any]]]):
+    """Several runs' talk's tables: a panel per C_test (sharing the y axis), a line per run (the same
+    marker and colour in every panel), n as evenly spaced categories, one legend under the panels."""
+    from varmem.plotting import MARKERS, new_figure
+
+    rows = [(label, res.get("nll_conditioning") or []) for label, res in results]
+    xs = sorted({r["examples"] for _, rs in rows for r in rs})
+    columns = sorted({r["classes"] for _, rs in rows for r in rs})
+    if not columns:
+        raise ValueError("no run has the talk's table (nll_conditioning): evaluate with --tables conditioning")
+    ncols = min(2, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = new_figure((4.2 * ncols, 3.0 * nrows + 0.9), nrows=nrows, ncols=ncols, sharey=True, squeeze=False)
+    pos = list(range(len(xs)))
+    for a, C in zip(axes.flat, columns):
+        for k, (label, rs) in enumerate(rows):
+            by = {r["examples"]: r for r in rs if r["classes"] == C}
+            pts = [(p, by[n]["nll"], by[n]["stderr"]) for p, n in zip(pos, xs) if n in by and _finite(by[n]["nll"])]
+            if pts:
+                px, py, pe = zip(*pts)
+                a.errorbar(px, py, yerr=[e if _finite(e) else 0.0 for e in pe], label=label, capsize=2, linewidth=1.2,
+                           marker=MARKERS[k % len(MARKERS)], markersize=4, color=f"C{k % 10}")
+        a.set_title(f"C_test = {C}", fontsize=9)
+        a.set_xticks(pos)
+        a.set_xticklabels([str(n) for n in xs])
+        a.set_xlabel("conditioning examples n", fontsize=8)
+    for a in axes[:, 0]:
+        a.set_ylabel("NLL (nats)")
+    for a in list(axes.flat)[len(columns):]:
+        a.set_visible(False)
+    legend = {}  # label → handle, over every panel: a run may lack some C_test columns
+    for a in axes.flat:
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    order = [label for label, _ in rows if label in legend]
+    handles, labels = [legend[lab] for lab in order], order
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(CONDITIONING_TITLE, fontsize=10)
+    fig._varmem_bottom = (0.35 + 0.2 * -(-len(labels) // 4)) / fig.get_figheight()  # room for the legend (save_figure's layout)
+    return fig
+
+
 def nll_conditioning_plot(rows: Sequence[dict[str, Any]]):
     """The talk's table as a line plot: NLL (± s.e.) against the number of conditioning examples n, a
     line per C_test (n as evenly spaced categories: 0, 1, 2, 3, 4, 5, 10, 19)."""
@@ -119,11 +161,9 @@ def nll_comparison_plot(results: Sequence[tuple[str, dict[str, Any]]], table: st
     """Several runs' NLL tables in one plot: ``results`` = (label, protocol result) pairs, ``table``
     "examples" or "classes"; x is the union of the rows' n (or C), a run without a row at some x
     has a gap there. Rows below their optimum are ringed. ``table`` "conditioning": the talk's table, a
-    line per run and C_test."""
+    panel per C_test (2 × 2 for the default four), a line per run, one legend."""
     if table == "conditioning":
-        xs = sorted({r["examples"] for _, res in results for r in res.get("nll_conditioning") or []})
-        series = [s for label, res in results for s in _conditioning_series(res.get("nll_conditioning") or [], xs, f"{label}, ")]
-        return line_plot(xs, series, title=CONDITIONING_TITLE, x_label="conditioning examples n", y_label="NLL (nats)")
+        return _conditioning_panels(results)
     if table not in ("examples", "classes"):
         raise ValueError(f"table must be 'examples', 'classes' or 'conditioning', got {table!r}")
     key = "examples" if table == "examples" else "classes"

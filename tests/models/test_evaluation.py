@@ -333,6 +333,16 @@ def test_plots_are_matplotlib_and_flag_rows_below_their_optimum(tmp_path):
                           x_label="memory entries", y_label="NLL", x_scale="log")
     assert fig.axes[0].get_xscale() == "log"
     save_figure(fig, tmp_path / "scaling.png")
+    # several runs' talk's tables: a panel per C_test, a line per run, one legend naming each run once
+    talk = [{"classes": C, "examples": n, "nll": 100.0 + C - n, "stderr": 1.0} for C in (1, 2, 3) for n in (0, 1, 5)]
+    fig = plots.nll_comparison_plot([("GMN", {"nll_conditioning": talk}), ("VMA", {"nll_conditioning": talk[3:]})],
+                                    "conditioning")
+    shown = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in shown] == ["C_test = 1", "C_test = 2", "C_test = 3"]
+    assert len(shown[0].lines) > 0 and [t.get_text() for t in fig.legends[0].get_texts()] == ["GMN", "VMA"]
+    save_figure(fig, tmp_path / "talk.png")
+    with pytest.raises(ValueError, match="--tables conditioning"):
+        plots.nll_comparison_plot([("VAE", {})], "conditioning")
 
 
 def test_evaluate_writes_tables_classification_and_pictures(dataset, lake_dir, tmp_path):
