@@ -40,10 +40,11 @@ train() {
   local name=$1 config=$2 data=$3 steps=$4; shift 4
   local run=$RUNS/$name
   if [ -f "$run/final_metrics.json" ]; then log "train $name: done already"; return; fi
-  if pgrep -f -- "--out $run " >/dev/null; then log "train $name: running in another process, skipped"; return; fi
   local resume=()
+  wait_slot  # then check: another driver may have started this run while this one waited for a slot
+  if pgrep -f -- "--out $run " >/dev/null; then log "train $name: running in another process, skipped"; return; fi
+  if [ -f "$run/final_metrics.json" ]; then log "train $name: done already"; return; fi
   if ls "$run"/checkpoints/*.pt >/dev/null 2>&1; then resume=(--resume); fi
-  wait_slot
   log "train $name ($config, $steps steps${resume:+, resumed})"
   mkdir -p "$RUNS/logs"
   ( /usr/bin/time -f "$name: %e s wall, %U s user, %S s sys" \
