@@ -353,7 +353,7 @@ def evaluate_run(run: LoadedRun, *, samples: int = 1000, episodes: int = 100, se
     with say.part(headline.name, episodes) as done:
         bound = evaluate_bound(run.model, eval_batches(dataset, config, episodes, seed, split), samples=samples,
                                num_samples=config.train.num_samples, chunk=config.train.chunk, seed=seed, device=run.device,
-                               progress=done)
+                               progress=done, per_episode=True)
     left = sum(c.decodes for c in plan.costs)
     say.finished(headline.name, elapsed(), headline.decodes, left,
                  f"{bound['nll_bound']:.2f} nats" if "nll_bound" in bound else "")

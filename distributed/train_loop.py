@@ -147,6 +147,26 @@ def step_values(obj: Objective, grad_norm: torch.Tensor) -> tuple[list[str], tor
     return names, torch.stack([v.to(torch.float64) for v in values])
 
 
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` with the global norm accumulated in float64; returns it (float64).
+
+    In float32 the sum of squares overflows to inf once a gradient entry passes ~1.8e19, although every
+    entry is finite: a spike that clipping exists to absorb was reported as a non-finite gradient and
+    its step was thrown away (clip coefficient 0) — the sequential model at T = 64 met one after spikes of
+    1e11–1e15 that clipping had absorbed. In float64 such a gradient has a finite norm and is scaled to
+    ``max_norm`` like any other (inf: no clipping); a gradient that holds inf or NaN still gives a
+    non-finite norm. Parameters without a gradient are skipped."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.float64)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]))
+    if math.isfinite(max_norm):
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef.to(g.dtype))
+    return norm
+
+
 def describe_values(values: dict[str, float]) -> str:
     """``bound -92.10 | KL(a) 0.512 | ...``: a progress line's view of a family's logged values."""
     parts = []
@@ -463,7 +483,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         obj.loss.backward()
         self.context.reduce_gradients(core)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        grad_norm = clip_gradients(self.params, self.max_norm)
         self.optimizer.step()
         if self.first_step_at is None:
             self.first_step_at = time.time()

@@ -21,6 +21,7 @@ OUT=${OUT:-out/wave2}
 STEPS=${STEPS:-2000}            # the same number of optimizer steps for every family (its images per step differ: see RESULTS)
 OMNI_STEPS=${OMNI_STEPS:-3000}
 OMNI_SEQ_STEPS=${OMNI_SEQ_STEPS:-1500}   # the sequential model costs ~4× a VMA step per image on the CPU
+SEQ_CKPT=${SEQ_CKPT:-500}       # the T sweep's checkpoint interval: NLL vs T at every multiple
 JOBS=${JOBS:-2}
 STROKES=${STROKES:-data/strokes26}
 OMNI_ZIP=${OMNI_ZIP:-../shared/data/omniglot/images_background_small1.zip}
@@ -102,8 +103,10 @@ train_strokes() {
   train ns_c2 configs/neural_statistician_strokes.yaml "$STROKES" "$STEPS" --set model.set_classes=2
   train mn configs/matching_networks_strokes.yaml "$STROKES" "$STEPS"
   train mn_fce configs/matching_networks_strokes.yaml "$STROKES" "$STEPS" --set model.fce=true
+  # NLL vs T: a checkpoint every SEQ_CKPT steps, all kept, each evaluated on the same episodes (paired)
   for T in 8 16 32 64; do
-    train "seq_t$T" configs/sequential_strokes.yaml "$STROKES" "$STEPS" --set model.steps=$T
+    train "seq_t$T" configs/sequential_strokes.yaml "$STROKES" "$STEPS" --set model.steps=$T \
+        --set train.checkpoint_every="$SEQ_CKPT" --set train.keep_checkpoints=$((STEPS / SEQ_CKPT))
   done
   train draw configs/draw_strokes.yaml "$STROKES" "$STEPS"
   wait
@@ -128,12 +131,17 @@ eval_strokes() {
   for name in gmn_nopseudo gmn_noattn ns_c2; do evaluate "$name" "$name" "$STROKES" "${TABLE_ONLY[@]}"; done
   evaluate seq_t32 seq_t32 "$STROKES" "${SEQ_MAIN[@]}"
   for name in seq_t8 seq_t16 draw; do evaluate "$name" "$name" "$STROKES" "${SEQ_SWEEP[@]}"; done
-  # NLL vs T at equal steps: every T at its step-1,000 checkpoint too (T = 64 stopped at step 1,850 with a
-  # non-finite gradient at lr 1e-3, so 1,000 is the last step every T reached)
+  # NLL vs T at equal steps: every T at each of its checkpoints before the last, on the same episodes
+  # (the headline bound's per-episode values make `varmem compare` pair them)
+  local step ckpt
   for T in 8 16 32 64; do
-    evaluate "seq_t${T}_s1000" "seq_t$T" "$STROKES" "${SEQ_SWEEP[@]}" --no-pictures \
-        --checkpoint "$RUNS/seq_t$T/checkpoints/ckpt-00001000.pt"
+    for ((step = SEQ_CKPT; step < STEPS; step += SEQ_CKPT)); do
+      ckpt=$(printf '%s/seq_t%s/checkpoints/ckpt-%08d.pt' "$RUNS" "$T" "$step")
+      [ -f "$ckpt" ] || continue
+      evaluate "seq_t${T}_s$step" "seq_t$T" "$STROKES" "${SEQ_SWEEP[@]}" --no-pictures --checkpoint "$ckpt"
+    done
   done
+  evaluate seq_t64 seq_t64 "$STROKES" "${SEQ_SWEEP[@]}"
   # transfer: trained on strokes, tested on the held-out Omniglot alphabet
   # (the held-out split is one alphabet, Latin: between-alphabet episodes would be within-alphabet ones)
   for name in vma mn; do
@@ -141,6 +149,11 @@ eval_strokes() {
   done
   wait
   compare strokes "${STROKES_RUNS[@]}"
+  # NLL vs T: one comparison per checkpoint step, T = 32 (the config's) first: the others' paired differences
+  for ((step = SEQ_CKPT; step < STEPS; step += SEQ_CKPT)); do
+    compare "seq_t_s$step" "seq_t32_s$step" "seq_t8_s$step" "seq_t16_s$step" "seq_t64_s$step"
+  done
+  compare "seq_t_s$STEPS" seq_t32 seq_t8 seq_t16 seq_t64
 }
 
 eval_omniglot() {

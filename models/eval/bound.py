@@ -20,8 +20,8 @@ from varmem.models.eval.passes import decodes_per_pass, eval_mode, seeded
 
 
 # the fields of evaluate_bound's result that are not objective terms
-RESERVED_KEYS = ("samples", "objective_samples", "nll_bound", "nll_bound_stderr", "objective_nll_bound", "accuracy",
-                 "accuracy_stderr", "episodes")
+RESERVED_KEYS = ("samples", "objective_samples", "nll_bound", "nll_bound_stderr", "nll_per_episode", "objective_nll_bound",
+                 "accuracy", "accuracy_stderr", "episodes")
 
 
 def few_shot_accuracy(model: FewShotModel, batch: EpisodeBatch, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -44,6 +44,7 @@ def evaluate_bound(
     seed: int,
     device: torch.device,
     progress: Callable[[int], None] | None = None,
+    per_episode: bool = False,
 ) -> dict[str, Any]:
     """The K-sample NLL bound (``log_likelihood`` with ``samples``), the objective's KL parts (with
     ``num_samples``) and, for models with a classifier, few-shot accuracy, on fixed episodes.
@@ -54,7 +55,9 @@ def evaluate_bound(
     episodes done so far (e.g. ``varmem.models.eval.progress.Progress(emit).part(...)``'s callback,
     a bar on a terminal and milestone lines in a log; ``varmem.models.eval.cost.bound_cost`` says
     what the call costs). The objective's terms come under their names, except a term named like a
-    field of the result (a classifier's ``accuracy`` term: "objective_accuracy").
+    field of the result (a classifier's ``accuracy`` term: "objective_accuracy"). ``per_episode``: also
+    ``nll_per_episode``, each episode's NLL bound (the mean over its targets), in episode order, so that two
+    models scored on the same episodes can be compared paired (``varmem compare``).
     """
     likelihood = model.supports(Capability.LIKELIHOOD)
     classifies = model.supports(Capability.CLASSIFICATION)
@@ -90,6 +93,8 @@ def evaluate_bound(
         n = ll.numel()
         out.update(nll_bound=float(-ll.mean()),
                    nll_bound_stderr=float(ll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"))
+        if per_episode:
+            out["nll_per_episode"] = [round(-v, 4) for v in ll.tolist()]
     if "bound" in per_episode:
         out["objective_nll_bound"] = float(-torch.cat(per_episode.pop("bound")).mean())
     acc = torch.cat(per_episode.pop("accuracy")) if "accuracy" in per_episode else None

@@ -44,7 +44,7 @@ BASELINE_RUNS = {PIXEL: "pixels", HAUSDORFF: "Hausdorff", HAUSDORFF_NATIVE: "Hau
 # Lake et al.'s published error (%) of the modified Hausdorff nearest neighbour on their 20 runs (105×105)
 LAKE_HAUSDORFF_ERROR = 38.8
 # keys of a headline result that are not the family's objective terms
-HEADLINE_BOOKKEEPING = ("nll_bound", "nll_bound_stderr", "objective_nll_bound", "accuracy", "accuracy_stderr", "seed",
+HEADLINE_BOOKKEEPING = ("nll_bound", "nll_bound_stderr", "nll_per_episode", "objective_nll_bound", "accuracy", "accuracy_stderr", "seed",
                         "samples", "objective_samples", "episodes", "step")
 TERM_LABELS = {"reconstruction": "−E log p(x|...) (reconstruction)", "kl_address": "KL(q(a|x) || p(a))",
                "kl_latent": "KL(q(z|...) || p(z|...))"}
@@ -328,24 +328,27 @@ class _Checker:
                 self.kind(row, "beats_optimum", f"{where}.", (bool,), "true or false")
             self.per_episode(row, where, nll, stderr)
 
-    def per_episode(self, row: dict, where: str, nll: float, stderr: float | None) -> None:
-        """A row's per-episode values: finite numbers whose mean is its NLL and whose s.e. is its stderr."""
-        values = self.kind(row, "nll_per_episode", f"{where}.", (list,), "a list of numbers")
+    def per_episode(self, row: dict, where: str, nll: float, stderr: float | None, *, nll_key: str = "nll",
+                    stderr_key: str = "stderr") -> None:
+        """A row's (or the headline's: ``where`` "", ``nll_key`` "nll_bound") per-episode values: finite
+        numbers whose mean is its NLL and whose s.e. is its stderr."""
+        at = f"{where}." if where else ""
+        values = self.kind(row, "nll_per_episode", at, (list,), "a list of numbers")
         if values is None:
             return
         for j, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                self.fail(f"{where}.nll_per_episode[{j}]", "a finite number", v)
+                self.fail(f"{at}nll_per_episode[{j}]", "a finite number", v)
         episodes = row.get("episodes")
         if not values or (isinstance(episodes, int) and not isinstance(episodes, bool) and episodes != len(values)):
-            self.fail(f"{where}.nll_per_episode", f"{episodes} values (the row's episodes)", values)
+            self.fail(f"{at}nll_per_episode", f"{episodes} values (the {'row' if where else 'bound'}'s episodes)", values)
         mean = math.fsum(values) / len(values)
         if not math.isclose(mean, nll, rel_tol=1e-5, abs_tol=1e-3):
-            self.fail(f"{where}.nll", f"the mean of its nll_per_episode ({mean:.4f})", nll)
+            self.fail(f"{at}{nll_key}", f"the mean of its nll_per_episode ({mean:.4f})", nll)
         if stderr is not None and len(values) > 1:
             se = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
             if not math.isclose(se, stderr, rel_tol=1e-3, abs_tol=1e-3):
-                self.fail(f"{where}.stderr", f"the standard error of its nll_per_episode ({se:.4f})", stderr)
+                self.fail(f"{at}{stderr_key}", f"the standard error of its nll_per_episode ({se:.4f})", stderr)
 
     def classification(self, protocol: dict) -> None:
         tasks = self.kind(protocol, "classification", "protocol.", (dict,), "a mapping of tasks")
@@ -399,8 +402,10 @@ def check_saved_evaluation(saved: Any, source: str) -> dict[str, Any]:
     check.described(saved, "")
     check.described(protocol, "protocol.")
     check.count(saved, "step", "")
-    check.number(saved, "nll_bound", "", minimum=0)
-    check.number(saved, "nll_bound_stderr", "", minimum=0)
+    nll = check.number(saved, "nll_bound", "", minimum=0)
+    se = check.number(saved, "nll_bound_stderr", "", minimum=0)
+    if nll is not None:
+        check.per_episode(saved, "", nll, se, nll_key="nll_bound", stderr_key="nll_bound_stderr")
     check.table(protocol, "examples", "examples")
     check.table(protocol, "classes", "classes")
     check.conditioning(protocol)
@@ -424,7 +429,8 @@ def run_info(label: str, saved: dict[str, Any]) -> dict[str, Any]:
             "split": protocol.get("split", saved.get("split")), "samples": protocol.get("samples", saved.get("samples")),
             "seed": protocol.get("seed", saved.get("seed")), "episodes": protocol.get("episodes"),
             "step": saved.get("step"), "nll_bound": saved.get("nll_bound"), "nll_bound_stderr": saved.get("nll_bound_stderr"),
-            "bound_episodes": saved.get("episodes")}
+            "bound_episodes": saved.get("episodes"), "episode": saved.get("episode"),
+            "nll_per_episode": saved.get("nll_per_episode")}
 
 
 def _dataset_key(info: dict[str, Any]) -> Any:
@@ -473,20 +479,34 @@ def _pairable(rows_a: dict, rows_b: dict) -> bool:
         and len(rows_a[x]["nll_per_episode"]) == len(rows_b[x]["nll_per_episode"]) for x in common)
 
 
+def same_bound_episodes(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two runs' headline bounds scored the same episodes, one value per episode in both files
+    (same dataset, split, seed, episode shape and count; ``varmem eval`` writes ``nll_per_episode``)."""
+    xa, xb = a.get("nll_per_episode"), b.get("nll_per_episode")
+    return (_dataset_key(a) is not None and _dataset_key(a) == _dataset_key(b)
+            and all(a.get(k) is not None and a.get(k) == b.get(k) for k in ("split", "seed", "episode", "bound_episodes"))
+            and isinstance(xa, list) and isinstance(xb, list) and len(xa) == len(xb) == a["bound_episodes"])
+
+
 def _runs_block(infos: Sequence[dict[str, Any]]) -> tuple[str, str, list[str], list[list[str]]]:
-    header = ["run", "dataset", "split", "step", "K", "seed", "episodes", "headline NLL bound", f"vs {infos[0]['label']} (unpaired)"]
-    rows = []
     ref = infos[0]
-    for i in infos:
+    paired = [i is not ref and same_bound_episodes(ref, i) for i in infos]
+    how = "paired" if all(paired[1:]) else "unpaired" if not any(paired) else "paired where marked"
+    header = ["run", "dataset", "split", "step", "K", "seed", "episodes", "headline NLL bound", f"vs {ref['label']} ({how})"]
+    rows = []
+    for i, pair in zip(infos, paired):
         bound = "—" if i["nll_bound"] is None else f"{_f(i['nll_bound'])} ± {_f(i['nll_bound_stderr'])}"
         diff = "—"
-        if i is not ref and i["nll_bound"] is not None and ref["nll_bound"] is not None:
+        if pair:
+            diff = _difference({"nll_per_episode": ref["nll_per_episode"]}, {"nll_per_episode": i["nll_per_episode"]}, True)
+            diff += " (paired)" if how == "paired where marked" else ""
+        elif i is not ref and i["nll_bound"] is not None and ref["nll_bound"] is not None:
             se = (None if i["nll_bound_stderr"] is None or ref["nll_bound_stderr"] is None
                   else math.hypot(i["nll_bound_stderr"], ref["nll_bound_stderr"]))
             diff = f"{_f(i['nll_bound'] - ref['nll_bound'], '+.2f')} ± {_f(se)}"
         rows.append([i["label"], dataset_label(i["dataset"]), str(i["split"]), str(i["step"]), str(i["samples"]),
                      str(i["seed"]), str(i["episodes"]), bound, diff])
-    return "Runs (headline bound over each run's own eval episodes)", "run", header, rows
+    return "Runs (headline bound over each run's eval episodes; paired where they are the same)", "run", header, rows
 
 
 def format_comparison(results: Sequence[tuple[str, dict[str, Any]]], markdown: bool = False,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -264,3 +265,38 @@ def test_learned_memory_is_trained_without_weight_decay():
     # without learned memory, or without weight decay: one group
     assert len(build_optimizer(tiny_model("vae", "mlp", 8, seed=0), OptimConfig(weight_decay=3e-4)).param_groups) == 1
     assert len(build_optimizer(model, OptimConfig()).param_groups) == 1
+
+
+def test_clip_gradients_matches_torch_and_absorbs_a_spike_that_overflows_the_float32_norm():
+    """The trainer's clipping equals clip_grad_norm_ on ordinary gradients; a finite gradient whose float32
+    sum of squares overflows (entries 1e20: clip_grad_norm_ says inf) gets its float64 norm and is scaled to
+    max_norm like any other; a gradient holding inf still reports a non-finite norm."""
+    from varmem.distributed.train_loop import clip_gradients
+
+    def params(*grads):
+        out = []
+        for g in grads:
+            p = torch.nn.Parameter(torch.zeros_like(g))
+            p.grad = g.clone()
+            out.append(p)
+        return out
+
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(7, 5, generator=gen) * 4, torch.randn(11, generator=gen)]
+    ours, theirs = params(*grads), params(*grads)
+    n_ours, n_theirs = clip_gradients(ours + [torch.nn.Parameter(torch.zeros(2))], 1.5), \
+        torch.nn.utils.clip_grad_norm_(theirs, 1.5)
+    assert math.isclose(float(n_ours), float(n_theirs), rel_tol=1e-6)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=0)
+    spike = [torch.full((4, 4), 1e20), torch.ones(3)]
+    assert not math.isfinite(float(torch.nn.utils.clip_grad_norm_(params(*spike), 10.0)))  # what the trainer met
+    ps = params(*spike)
+    norm = clip_gradients(ps, 10.0)
+    assert math.isclose(float(norm), 4e20, rel_tol=1e-6)
+    total = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in ps))
+    assert math.isclose(total, 10.0, rel_tol=1e-5) and torch.isfinite(ps[0].grad).all()
+    unclipped = params(*spike)
+    assert math.isclose(float(clip_gradients(unclipped, float("inf"))), 4e20, rel_tol=1e-6)
+    assert float(unclipped[0].grad[0, 0]) == float(torch.tensor(1e20))  # no clipping: untouched
+    assert not math.isfinite(float(clip_gradients(params(torch.tensor([1.0, float("inf")])), 10.0)))

@@ -545,8 +545,9 @@ def test_varmem_eval_json_has_the_protocol(data, lake_dir, tmp_path, capsys):
 
 
 def saved_eval(tmp_path, name, nlls, acc=None, *, K=1000, split=SPLIT, dataset="tiny26", seed=1, per_episode=None,
-               step=100, bound=95.0):
-    """A file as `varmem eval --save` writes it, with the fields compare reads."""
+               step=100, bound=95.0, headline=None):
+    """A file as `varmem eval --save` writes it, with the fields compare reads (``headline``: the bound's
+    per-episode values, as `varmem eval` writes them; ``bound`` is then their mean)."""
     rows = [{"examples": n, "nll": v, "stderr": 0.5, "change": v - nlls[min(nlls)], "change_stderr": 0.25}
             for n, v in nlls.items()]
     if per_episode is not None:  # the row's s.e. is theirs (compare checks a row against its per-episode values)
@@ -561,10 +562,43 @@ def saved_eval(tmp_path, name, nlls, acc=None, *, K=1000, split=SPLIT, dataset="
                 "split": split, "samples": K, "seed": seed, "episodes": 2}
     if acc is not None:
         protocol["classification"]["5way1shot"] = {"q_a": {"accuracy": acc, "ci95": 0.01}}
+    top = {"step": step, "split": split, "samples": K, "episodes": 2, "nll_bound": bound, "nll_bound_stderr": 0.3,
+           "dataset": info, "seed": seed, "episode": {"ways": 5, "shots": 1, "targets": 4}, "protocol": protocol}
+    if headline is not None:
+        mean = sum(headline) / len(headline)
+        se = math.sqrt(sum((v - mean) ** 2 for v in headline) / (len(headline) - 1) / len(headline))
+        top.update(episodes=len(headline), nll_bound=mean, nll_bound_stderr=se, nll_per_episode=headline)
     path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps({"step": step, "split": split, "samples": K, "episodes": 2, "nll_bound": bound,
-                                "nll_bound_stderr": 0.3, "dataset": info, "protocol": protocol}))
+    path.write_text(json.dumps(top))
     return path
+
+
+def test_varmem_compare_pairs_the_headline_bound_on_the_same_episodes(tmp_path, capsys):
+    """Runs scored on the same episodes (dataset, split, seed, episode shape and count) compare their headline
+    bounds paired, over the per-episode values `varmem eval` writes; other episodes or files without the
+    values compare unpaired; damaged values are a one-line error naming the field."""
+    a = saved_eval(tmp_path, "a", {1: 96.0}, headline=[100.0, 120.0, 90.0])
+    b = saved_eval(tmp_path, "b", {1: 96.0}, headline=[98.0, 117.0, 89.0])  # 2, 3, 1 nats better: paired s.e. 0.58
+    c = saved_eval(tmp_path, "c", {1: 96.0}, headline=[98.0, 117.0, 89.0], seed=2)  # other episodes
+    assert main(["compare", f"A={a}", f"B={b}"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("B "))
+    assert "vs A (paired)" in out and row.rstrip().endswith("-2.00 ± 0.58"), out
+    assert main(["compare", f"A={a}", f"B={b}", f"C={c}"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("C "))
+    assert "paired where marked" in out and "-2.00 ± 0.58 (paired)" in out
+    assert row.rstrip().endswith("-2.00 ± 12.08"), row  # unpaired: √(s.e.(A)² + s.e.(C)²)
+    for edit, needle in (({"nll_per_episode": [100.0, "x", 90.0]}, "nll_per_episode[1] must be a finite number"),
+                         ({"nll_per_episode": [100.0, 90.0]}, "nll_per_episode must be 3 values"),
+                         ({"nll_bound": 50.0}, "nll_bound must be the mean of its nll_per_episode (101.3333)")):
+        saved = json.loads(b.read_text())
+        saved.update(edit)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(saved))
+        assert main(["compare", f"A={a}", f"B={bad}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("varmem: error:") and "bad.json" in err and needle in err and "Traceback" not in err, err
 
 
 def test_varmem_compare(tmp_path, capsys):
