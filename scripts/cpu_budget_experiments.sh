@@ -17,6 +17,7 @@
 #   scripts/cpu_budget_experiments.sh dry        # every command and the cost (CPU-hours), nothing run
 #   scripts/cpu_budget_experiments.sh data       # the datasets (small1 with HELDOUT held out, at 26 and 105; strokes)
 #   scripts/cpu_budget_experiments.sh train      # cells 1, 2, 3 and 6
+#   scripts/cpu_budget_experiments.sh scale      # cell 6 only (e.g. a second driver beside `train`)
 #   scripts/cpu_budget_experiments.sh eval       # every finished run not yet evaluated, the baselines, the table
 #   scripts/cpu_budget_experiments.sh aug        # cell 4 (needs the evaluations of cells 1-3 for AUG_BASE=auto)
 #   scripts/cpu_budget_experiments.sh long       # cell 5 (needs the evaluations of cells 1-4 for WINNER=auto)
@@ -102,6 +103,9 @@ train_one() {
   local run=$RUNS/$name args=("$@") item
   for item in $TRAIN_SETS; do args+=(--set "$item"); done
   if [ -f "$run/final_metrics.json" ]; then log "train $name: done already"; return 0; fi
+  if [ "$DRY" != 1 ] && pgrep -f -- "--out $run " >/dev/null; then  # a second driver: leave it (and a fine-
+    log "train $name: running in another process, skipped"; return 1  # tuning that needs it) to the first
+  fi
   if ls "$run"/checkpoints/*.pt >/dev/null 2>&1; then  # --resume: the run's recorded --init-from wins
     local kept=() i=0
     while [ $i -lt ${#args[@]} ]; do
@@ -190,6 +194,12 @@ train_cells() {
   job "$(c1)" small1 "$BUDGET"
   job "$(c2)" strokes "$BUDGET"
   job "$(c3)" finetune "$BUDGET"
+  for n in $SCALE_CLASSES; do job "$(c6 "$n")" "strokes$n" "$SCALE_BUDGET"; done
+  [ "$DRY" = 1 ] || wait
+}
+
+scale_cells() {  # cell 6 alone (a second driver beside `train` can run it: each skips the other's runs)
+  local n
   for n in $SCALE_CLASSES; do job "$(c6 "$n")" "strokes$n" "$SCALE_BUDGET"; done
   [ "$DRY" = 1 ] || wait
 }
@@ -379,10 +389,11 @@ case "${1:-all}" in
   dry) dry ;;
   data) data ;;
   train) data; train_cells ;;
+  scale) data; scale_cells ;;
   eval) eval_all ;;
   aug) aug_cell ;;
   long) long_cell ;;
   compare) compare ;;
   all) if [ "$DRY" = 1 ]; then dry; else data; train_cells; eval_all; aug_cell; eval_all; long_cell; eval_all; fi ;;
-  *) echo "usage: $0 [dry|data|train|eval|aug|long|compare|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [dry|data|train|scale|eval|aug|long|compare|all]" >&2; exit 2 ;;
 esac

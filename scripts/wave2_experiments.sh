@@ -172,6 +172,7 @@ compare() {
   local tag=$1; shift
   local args=()
   for name in "$@"; do [ -f "$RUNS/eval/$name.json" ] && args+=("$name=$RUNS/eval/$name.json"); done
+  if [ ${#args[@]} -eq 0 ]; then log "compare $tag: no evaluation yet, skipped"; return; fi
   "$VARMEM" compare "${args[@]}" --markdown --out-dir "$OUT/compare_$tag" | tee "$OUT/compare_$tag.txt"
 }
 
