@@ -64,8 +64,8 @@ evaluate() {
   if [ ! -f "$RUNS/$runname/final_metrics.json" ] && [[ " $* " != *" --checkpoint "* ]]; then
     log "eval $name: run $runname has not finished, skipped"; return
   fi
-  if pgrep -f "eval $RUNS/$runname --data $data " >/dev/null; then log "eval $name: running in another process, skipped"; return; fi
-  wait_slot
+  wait_slot  # then check: another driver may be evaluating it (this driver's own jobs have finished or hold other names)
+  if pgrep -f -- "--save $save " >/dev/null; then log "eval $name: running in another process, skipped"; return; fi
   mkdir -p "$RUNS/eval" "$RUNS/logs"
   log "eval $name on $data"
   ( /usr/bin/time -f "eval $name: %e s wall, %U s user" \
@@ -108,6 +108,9 @@ train_strokes() {
     train "seq_t$T" configs/sequential_strokes.yaml "$STROKES" "$STEPS" --set model.steps=$T \
         --set train.checkpoint_every="$SEQ_CKPT" --set train.keep_checkpoints=$((STEPS / SEQ_CKPT))
   done
+  for seed in 1 2; do  # the training-seed spread of one T (the sweep is one run per T)
+    train "seq_t8_seed$seed" configs/sequential_strokes.yaml "$STROKES" "$STEPS" --set model.steps=8 --set train.seed=$seed
+  done
   train draw configs/draw_strokes.yaml "$STROKES" "$STEPS"
   wait
 }
@@ -142,6 +145,7 @@ eval_strokes() {
     done
   done
   evaluate seq_t64 seq_t64 "$STROKES" "${SEQ_SWEEP[@]}"
+  for seed in 1 2; do evaluate "seq_t8_seed$seed" "seq_t8_seed$seed" "$STROKES" "${SEQ_SWEEP[@]}" --no-pictures; done
   # transfer: trained on strokes, tested on the held-out Omniglot alphabet
   # (the held-out split is one alphabet, Latin: between-alphabet episodes would be within-alphabet ones)
   for name in vma mn; do
@@ -153,7 +157,7 @@ eval_strokes() {
   for ((step = SEQ_CKPT; step < STEPS; step += SEQ_CKPT)); do
     compare "seq_t_s$step" "seq_t32_s$step" "seq_t8_s$step" "seq_t16_s$step" "seq_t64_s$step"
   done
-  compare "seq_t_s$STEPS" seq_t32 seq_t8 seq_t16 seq_t64
+  compare "seq_t_s$STEPS" seq_t32 seq_t8 seq_t16 seq_t64 seq_t8_seed1 seq_t8_seed2
 }
 
 eval_omniglot() {
