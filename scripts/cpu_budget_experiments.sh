@@ -11,7 +11,8 @@
 #                     `varmem train --init-from` (a fresh optimizer)
 #     4  aug          the best of 1-3 (AUG_BASE; auto: by SELECT_TASK accuracy) with episode.train.augment
 #                     (AUG_SETS, every stage of the recipe)
-#     5  long         the best of 1-4 (WINNER; auto) at LONG_BUDGET (3 CPU-hours)
+#     5  long         the best of 1-4 (WINNER; auto) at LONG_BUDGET (3 CPU-hours): its 1-hour run continued
+#                     (LONG_EXTENDS=1; a fine-tuning keeps its 0.5-hour pretraining and fine-tunes 2.5 hours)
 #     6  scale        strokes only at SCALE_CLASSES (10^3, 10^4, 10^5) classes, SCALE_BUDGET each (0.25 h)
 #
 #   scripts/cpu_budget_experiments.sh dry        # every command and the cost (CPU-hours), nothing run
@@ -51,6 +52,7 @@ VAL_EVERY=${VAL_EVERY:-2000}           # sparse: validation counts toward the bu
 CKPT_EVERY=${CKPT_EVERY:-500}          # a killed session loses (and does not count) at most this many steps
 AUG_BASE=${AUG_BASE:-auto}             # cell 4: small1 | strokes | finetune | auto (the best of cells 1-3)
 WINNER=${WINNER:-auto}                 # cell 5: small1 | strokes | finetune | aug-<base> | auto (the best of 1-4)
+LONG_EXTENDS=${LONG_EXTENDS:-1}        # cell 5 continues the winner's 1-hour run (0: trains it again from the start)
 AUG_SETS=${AUG_SETS:-"episode.train.augment.rotations=true episode.train.augment.jitter=true"}
 TRAIN_SETS=${TRAIN_SETS:-}             # more --set items for every training (space-separated), e.g. train.val_episodes=8
 # The task 'best' means: its accuracy by q_a or likelihood, the higher. auto chooses on the held-out alphabet's
@@ -246,8 +248,41 @@ long_cell() {
   fi
   local base=${winner#aug-} aug=
   [ "$base" != "$winner" ] && aug=aug
-  job "c5_${winner}_$LONG_BUDGET" "$(kind_of "$base")" "$LONG_BUDGET" $aug
+  if [ "$LONG_EXTENDS" = 1 ]; then
+    local from
+    case "$winner" in aug-*) from=$(c4 "$base") ;; small1) from=$(c1) ;; strokes) from=$(c2) ;; finetune) from=$(c3) ;; esac
+    if [ "$DRY" = 1 ]; then extend "$from" "c5_${winner}_$LONG_BUDGET" "$base" "$LONG_BUDGET" $aug
+    else wait_slot; ( extend "$from" "c5_${winner}_$LONG_BUDGET" "$base" "$LONG_BUDGET" $aug ) & fi
+  else
+    job "c5_${winner}_$LONG_BUDGET" "$(kind_of "$base")" "$LONG_BUDGET" $aug
+  fi
   [ "$DRY" = 1 ] || wait
+}
+
+# extend FROM NAME KIND BUDGET [aug]: RUNS/NAME continues the finished run RUNS/FROM (its last stage: a fine-tuning's
+# small1 stage) to BUDGET CPU-seconds in all. The learning rate is constant and train.steps a cap far past any
+# budget, so a BUDGET run's first BUDGET(FROM) seconds are FROM's run: the copy is resumed (--resume restores the
+# optimizer, sampler and CPU count exactly; tests/distributed/test_resume*.py), not retrained. The copy is made
+# in NAME.partial and renamed; FROM is not touched. A fine-tuning keeps its pretraining's share of the 1-hour cell.
+extend() {
+  local from=$1 name=$2 kind=$3 budget=$4 aug=${5:-} data extra=()
+  [ -n "$aug" ] && mapfile -t extra < <(aug_args)
+  case "$kind" in small1|finetune) data=$OMNI ;; strokes) data=$(strokes_dir "$STROKES_CLASSES") ;; esac
+  if [ "$DRY" != 1 ] && [ ! -d "$RUNS/$name" ]; then
+    [ -f "$RUNS/$from/final_metrics.json" ] || { log "extend $name: $RUNS/$from has not finished"; return 1; }
+    local last
+    last=$(ls "$RUNS/$from"/checkpoints/ckpt-*.pt | sort | tail -1)
+    rm -rf "$RUNS/$name.partial"; mkdir -p "$RUNS/$name.partial/checkpoints"
+    cp "$RUNS/$from/config.yaml" "$RUNS/$from/metrics.jsonl" "$RUNS/$name.partial/"
+    cp "$last" "$RUNS/$name.partial/checkpoints/"
+    [ -d "$RUNS/$from/tensorboard" ] && cp -r "$RUNS/$from/tensorboard" "$RUNS/$name.partial/"
+    mv "$RUNS/$name.partial" "$RUNS/$name"
+    log "extend $name: continues $from from $(basename "$last")"
+  elif [ "$DRY" = 1 ]; then
+    show cp -r "$RUNS/$from" "$RUNS/$name"  # (config.yaml, metrics.jsonl, the newest checkpoint, tensorboard)
+  fi
+  train_one "$name" "$data" "$budget" "${extra[@]}"
+  if [ "$DRY" = 1 ]; then TRAIN_CPU=$((TRAIN_CPU - BUDGET)); fi  # the first BUDGET seconds are FROM's
 }
 
 # evaluate NAME: RUNS/eval/NAME.json from the finished run RUNS/NAME, on OMNI's test split (HELDOUT)

@@ -124,6 +124,33 @@ def test_a_run_resumed_after_its_budget_was_spent_trains_nothing(clock, tiny_dat
     assert "nll_bound" in again["val"]  # the final validation ran again
 
 
+def test_a_finished_run_copied_and_resumed_with_a_larger_budget_is_the_longer_run(clock, tiny_data, tmp_path):
+    # scripts/cpu_budget_experiments.sh's cell 5 (issue 17): the 3-hour run is the 1-hour winner's run continued, not
+    # retrained; that holds when a budget only says where a run stops. The copy holds what the script copies.
+    import shutil
+    import torch
+    short = tmp_path / "short"
+    first = train(config(tiny_data, short, cpu_budget_s=3.5), context=QUIET)
+    assert (first["step"], first["stopped_by"]) == (4, "cpu_budget")
+    copy = tmp_path / "copy"
+    (copy / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", METRICS_FILE):
+        shutil.copy(short / name, copy / name)
+    shutil.copy(list_checkpoints(short)[-1][1], copy / "checkpoints")
+    clock.now = 0.0  # a new process
+    extended = train(config(tiny_data, copy, cpu_budget_s=7.5), resume=True, context=QUIET)
+    clock.now = 100.0
+    whole = train(config(tiny_data, tmp_path / "whole", cpu_budget_s=7.5), context=QUIET)
+    assert (extended["step"], extended["resumed_from"], extended["cpu_s"]) == (8, 4, 8.0)
+    assert (whole["step"], whole["cpu_s"]) == (8, 8.0)
+    assert [r["loss"] for r in rows(copy)] == [r["loss"] for r in rows(tmp_path / "whole")]
+    assert len(rows(copy)) == 8
+    a = load_checkpoint(list_checkpoints(copy)[-1][1])["model"]
+    b = load_checkpoint(list_checkpoints(tmp_path / "whole")[-1][1])["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(list_checkpoints(short)[-1][1])["step"] == 4  # the source run is untouched
+
+
 def test_a_run_whose_steps_end_first_says_so(clock, tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path / "run", steps=4, cpu_budget_s=4.5), context=QUIET)
     assert (result["step"], result["stopped_by"], result["cpu_s"]) == (4, "steps", 4.0)
