@@ -332,26 +332,27 @@ eval_all() {
       first=${first:-$name}
     fi
   done
-  # the model-free baselines once, on the same seeded episodes (any run: they do not read the model); no NLL tables
+  # the model-free baselines once, on the same seeded episodes (any run: they do not read the model); no NLL tables.
+  # Twice: on CLASS_EPISODES episodes (q_a's), and on the first LIK_EPISODES of them (likelihood's), so that every
+  # method of the table has a baseline on its own episodes (baselines_lik)
   if [ -n "$first" ]; then
     baseline=$BASELINE_METHODS
-    local native=()
+    local native=() label episodes
     if [ "$NATIVE" = 1 ]; then baseline+=",hausdorff_native"; native=(--hausdorff-data "$OMNI105"); fi
     baseline=$(accepted "$baseline")
-    if [ "$DRY" = 1 ] || [ ! -f "$RUNS/eval/baselines.json" ]; then
+    for label in baselines baselines_lik; do
+      episodes=$CLASS_EPISODES; [ "$label" = baselines_lik ] && episodes=$LIK_EPISODES
+      local cmd=("$VARMEM" eval "$RUNS/$first" "${EVAL_COMMON[@]}" --classification-episodes "$episodes"
+                 --methods "$baseline" "${native[@]}" --tables none --bound-episodes 2 --no-pictures
+                 --save "$RUNS/eval/$label.json")
+      if [ "$DRY" = 1 ]; then show "${cmd[@]}"; continue; fi
+      [ -f "$RUNS/eval/$label.json" ] && continue
       mkdir -p "$RUNS/eval"
-      if [ "$DRY" = 1 ]; then
-        show "$VARMEM" eval "$RUNS/$first" "${EVAL_COMMON[@]}" --methods "$baseline" "${native[@]}" --tables none \
-          --bound-episodes 2 --no-pictures --save "$RUNS/eval/baselines.json"
-      else
-        wait_slot
-        log "eval baselines ($baseline) on the episodes of every run"
-        ( /usr/bin/time -f "eval baselines: %e s wall, %U s user" "$VARMEM" eval "$RUNS/$first" "${EVAL_COMMON[@]}" \
-            --methods "$baseline" "${native[@]}" --tables none --bound-episodes 2 --no-pictures \
-            --save "$RUNS/eval/baselines.json" > "$RUNS/logs/eval_baselines.log" 2>&1 \
-            && log "eval baselines: finished" || log "eval baselines: FAILED, see $RUNS/logs/eval_baselines.log" ) &
-      fi
-    fi
+      wait_slot
+      log "eval $label ($baseline, $episodes episodes per task) on the episodes of every run"
+      ( /usr/bin/time -f "eval $label: %e s wall, %U s user" "${cmd[@]}" > "$RUNS/logs/eval_$label.log" 2>&1 \
+          && log "eval $label: finished" || log "eval $label: FAILED, see $RUNS/logs/eval_$label.log" ) &
+    done
   fi
   [ "$DRY" = 1 ] || wait
   compare
@@ -359,7 +360,7 @@ eval_all() {
 
 compare() {
   local args=() name
-  for name in baselines $(evaluated_runs); do
+  for name in baselines baselines_lik $(evaluated_runs); do
     [ -f "$RUNS/eval/$name.json" ] && args+=("$name=$RUNS/eval/$name.json")
   done
   if [ "$DRY" = 1 ]; then show "$VARMEM" compare "LABEL=$RUNS/eval/LABEL.json ..." --markdown --out-dir "$OUT/compare_cpu_budget"; return 0; fi

@@ -601,6 +601,29 @@ def test_varmem_compare_pairs_the_headline_bound_on_the_same_episodes(tmp_path, 
         assert err.startswith("varmem: error:") and "bad.json" in err and needle in err and "Traceback" not in err, err
 
 
+def test_varmem_compare_shows_no_bound_for_a_file_of_the_model_free_baselines_only(tmp_path, capsys):
+    """A file of the no-training baselines alone (`varmem eval --methods pixel,hausdorff --tables none`) carries the
+    loaded model's bound on a token episode count: its row shows none, and the runs compare with each other."""
+    base = saved_eval(tmp_path, "base", {1: 96.0}, headline=[50.0, 60.0])
+    saved = json.loads(base.read_text())
+    saved["protocol"]["methods"] = ["pixel", "hausdorff"]
+    base.write_text(json.dumps(saved))
+    a = saved_eval(tmp_path, "a", {1: 96.0}, headline=[100.0, 120.0, 90.0])
+    b = saved_eval(tmp_path, "b", {1: 96.0}, headline=[98.0, 117.0, 89.0])
+    assert main(["compare", f"BASE={base}", f"A={a}", f"B={b}"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("BASE "))
+    assert "55.00" not in row and row.split()[-2:] == ["—", "—"], row  # no bound, no difference, no step
+    assert "vs A (paired)" in out  # the first file with a bound is the reference
+    row = next(line for line in out.splitlines() if line.strip().startswith("B "))
+    assert row.rstrip().endswith("-2.00 ± 0.58"), row
+    saved["protocol"]["methods"] = ["pixel", "q_a"]  # a model's method too: its bound is a result
+    base.write_text(json.dumps(saved))
+    assert main(["compare", f"BASE={base}", f"A={a}"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("BASE "))
+    assert "55.00 ± 5.00" in row, row
+
+
 def test_varmem_compare(tmp_path, capsys):
     """Two saved evaluations side by side: each run's dataset, step, K and headline bound, every run's rows
     under its label with its paired change, a gap where a run has no row, the differences between runs
