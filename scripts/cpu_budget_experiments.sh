@@ -13,7 +13,8 @@
 #                     (AUG_SETS, every stage of the recipe)
 #     5  long         the best of 1-4 (WINNER; auto) at LONG_BUDGET (3 CPU-hours): its 1-hour run continued
 #                     (LONG_EXTENDS=1; a fine-tuning keeps its 0.5-hour pretraining and fine-tunes 2.5 hours)
-#     6  scale        strokes only at SCALE_CLASSES (10^3, 10^4, 10^5) classes, SCALE_BUDGET each (0.25 h)
+#     6  scale        strokes only at SCALE_CLASSES (10^3, 10^4, 10^5) classes, SCALE_BUDGET each (0.25 h),
+#                     at each training seed of SCALE_SEEDS (default 0)
 #
 #   scripts/cpu_budget_experiments.sh dry        # every command and the cost (CPU-hours), nothing run
 #   scripts/cpu_budget_experiments.sh data       # the datasets (small1 with HELDOUT held out, at 26 and 105; strokes)
@@ -67,6 +68,7 @@ OMNI105=${OMNI105:-data/omniglot105-small1-no$HELDOUT}  # the same split at 105Ã
 NATIVE=${NATIVE:-1}
 STROKES_CLASSES=${STROKES_CLASSES:-10000}
 SCALE_CLASSES=${SCALE_CLASSES:-"1000 10000 100000"}
+SCALE_SEEDS=${SCALE_SEEDS:-0}          # cell 6's training seeds (train.seed), e.g. "0 1 2": runs c6_..._sSEED beside seed 0
 STROKES_EVAL_FRACTION=${STROKES_EVAL_FRACTION:-0.05}   # strokes alphabets kept for validation only
 STROKES_IMAGES=${STROKES_IMAGES:-20}
 strokes_dir() { echo "${STROKES_PREFIX:-data/strokes26-c}$1"; }
@@ -188,7 +190,7 @@ c1() { echo "c1_small1_$BUDGET"; }
 c2() { echo "c2_strokes${STROKES_CLASSES}_$BUDGET"; }
 c3() { echo "c3_finetune_$BUDGET"; }
 c4() { echo "c4_aug_${1}_$BUDGET"; }
-c6() { echo "c6_strokes${1}_$SCALE_BUDGET"; }
+c6() { echo "c6_strokes${1}_$SCALE_BUDGET${2:+_s$2}"; }  # c6 N [SEED]: seed 0 unsuffixed
 kind_of() { case "$1" in small1) echo small1 ;; strokes) echo strokes ;; finetune) echo finetune ;; esac; }
 
 train_cells() {
@@ -196,14 +198,28 @@ train_cells() {
   job "$(c1)" small1 "$BUDGET"
   job "$(c2)" strokes "$BUDGET"
   job "$(c3)" finetune "$BUDGET"
-  for n in $SCALE_CLASSES; do job "$(c6 "$n")" "strokes$n" "$SCALE_BUDGET"; done
+  scale_jobs
   [ "$DRY" = 1 ] || wait
 }
 
-scale_cells() {  # cell 6 alone (a second driver beside `train` can run it: each skips the other's runs)
-  local n
+scale_jobs() {  # cell 6's runs as jobs: every size at seed 0, then every size at each other seed
+  local n seed
   for n in $SCALE_CLASSES; do job "$(c6 "$n")" "strokes$n" "$SCALE_BUDGET"; done
+  for seed in $SCALE_SEEDS; do  # replicates: another initialization and another stream of training episodes
+    [ "$seed" = 0 ] && continue
+    for n in $SCALE_CLASSES; do seed_job "$(c6 "$n" "$seed")" "$(strokes_dir "$n")" "$SCALE_BUDGET" "$seed"; done
+  done
+}
+
+scale_cells() {  # cell 6 alone (a second driver beside `train` can run it: each skips the other's runs)
+  scale_jobs
   [ "$DRY" = 1 ] || wait
+}
+
+seed_job() {  # seed_job NAME DATA BUDGET SEED: a strokes-only run at train.seed SEED, as a job
+  if [ "$DRY" = 1 ]; then train_one "$1" "$2" "$3" --set train.seed="$4"; return; fi
+  wait_slot
+  ( train_one "$1" "$2" "$3" --set train.seed="$4" ) &
 }
 
 # best NAME=KIND...: the KIND whose run's evaluation has the highest SELECT_TASK accuracy (q_a or likelihood)
@@ -320,6 +336,8 @@ evaluated_runs() {  # every cell's evaluated run (not a fine-tuning's pretrainin
   for b in small1 strokes finetune; do echo "$(c4 "$b")"; done
   for b in small1 strokes finetune aug-small1 aug-strokes aug-finetune; do echo "c5_${b}_$LONG_BUDGET"; done
   for n in $SCALE_CLASSES; do echo "$(c6 "$n")"; done
+  local seed
+  for seed in $SCALE_SEEDS; do [ "$seed" = 0 ] || for n in $SCALE_CLASSES; do echo "$(c6 "$n" "$seed")"; done; done
 }
 
 eval_all() {
