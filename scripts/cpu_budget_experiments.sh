@@ -23,7 +23,7 @@
 #   scripts/cpu_budget_experiments.sh eval       # every finished run not yet evaluated, the baselines, the table
 #   scripts/cpu_budget_experiments.sh aug        # cell 4 (needs the evaluations of cells 1-3 for AUG_BASE=auto)
 #   scripts/cpu_budget_experiments.sh long       # cell 5 (needs the evaluations of cells 1-4 for WINNER=auto)
-#   scripts/cpu_budget_experiments.sh compare    # OUT/compare_cpu_budget (every evaluation there is)
+#   scripts/cpu_budget_experiments.sh compare    # OUT/compare_cpu_budget: the tables, scripts/plot_cpu_budget.py's pictures
 #   scripts/cpu_budget_experiments.sh all        # data, train, eval, aug, eval, long, eval
 #   DRY=1 scripts/cpu_budget_experiments.sh all  # = dry
 #
@@ -387,6 +387,8 @@ compare() {
   "$VARMEM" compare "${args[@]}" --markdown --out-dir "$OUT/compare_cpu_budget" > "$OUT/compare_cpu_budget.txt" 2>&1 \
     || log "compare: FAILED (the message is in $OUT/compare_cpu_budget.txt)"
   cpu_table >> "$OUT/compare_cpu_budget.txt"
+  "$PYTHON" scripts/plot_cpu_budget.py "$RUNS/eval" "$OUT/compare_cpu_budget" >> "$OUT/compare_cpu_budget.txt" 2>&1 \
+    || log "plots: FAILED (the message is in $OUT/compare_cpu_budget.txt)"
   cat "$OUT/compare_cpu_budget.txt"
 }
 
