@@ -533,14 +533,16 @@ def format_comparison(results: Sequence[tuple[str, dict[str, Any]]], markdown: b
     for table, key, title in (("examples", "examples", "NLL bound vs examples of one class in memory "
                                                        "(nats ± s.e. (change vs the run's first row ± paired s.e.))"),
                               ("classes", "classes", "NLL bound vs classes in memory (nats ± s.e. [optimum])")):
-        by = [{r[key]: r for r in (res.get(f"nll_vs_{table}") or [])} for _, res in results]
-        xs = sorted({x for rows in by for x in rows})
-        if not xs:
+        by_all = [{r[key]: r for r in (res.get(f"nll_vs_{table}") or [])} for _, res in results]
+        have = [k for k, rows_ in enumerate(by_all) if rows_]  # the files with this table (not a baselines-only one)
+        if not have:
             continue
-        paired = [infos is not None and same_episodes(infos[0], infos[k]) and _pairable(by[0], by[k])
-                  for k in range(len(results))]
-        header = [key, *labels] + [f"{labels[k]} − {labels[0]} ({'paired' if paired[k] else 'unpaired'})"
-                                   for k in range(1, len(labels))]
+        by, names = [by_all[k] for k in have], [labels[k] for k in have]
+        xs = sorted({x for rows in by for x in rows})
+        paired = [infos is not None and same_episodes(infos[have[0]], infos[k]) and _pairable(by[0], by_all[k])
+                  for k in have]
+        header = [key, *names] + [f"{names[k]} − {names[0]} ({'paired' if paired[k] else 'unpaired'})"
+                                  for k in range(1, len(names))]
         rows = []
         for x in xs:
             row = [str(x)]
@@ -695,16 +697,18 @@ def classification_table(results: Sequence[tuple[str, dict[str, Any]]], marks: l
             for k in tasks:
                 record("ours", label, family, m, title, k, _entry(res, k, m))
             for seed in seed_papers.accuracy_seeds(family, m):
-                mark = _mark(marks, seed)
-                cells = []
+                values = []
                 for k in tasks:
                     task = parse_task_key(k)
-                    value = seed.accuracy.get((task.ways, task.shots)) if task and task.alphabet == "between" else None
-                    cells.append("" if value is None else f"{value:.1f}")
+                    values.append(seed.accuracy.get((task.ways, task.shots)) if task and task.alphabet == "between" else None)
+                if all(v is None for v in values):  # the seed reports none of these tasks (e.g. within-alphabet only)
+                    continue
+                mark = _mark(marks, seed)
+                for k, value in zip(tasks, values):
                     if value is not None:
                         record("seed", f"seed{mark}", family, m, title, k, {"accuracy": value / 100},
                                {"source": seed.source, "protocol": seed.protocol, "model": seed.model})
-                rows.append([f"  seed{mark}", title, *cells])
+                rows.append([f"  seed{mark}", title, *("" if v is None else f"{v:.1f}" for v in values)])
     n = sorted({r["episodes"] for r in records if r["kind"] != "seed" and r["episodes"]})
     title = ("Few-shot classification (% accuracy ± 95% CI; " + (f"{n[0]}–{n[-1]}" if len(n) > 1 else f"{n[0] if n else '?'}")
              + " episodes per cell, each run's count in its CSV; a task's episodes are the same for every model "

@@ -606,7 +606,7 @@ def test_varmem_compare_shows_no_bound_for_a_file_of_the_model_free_baselines_on
     loaded model's bound on a token episode count: its row shows none, and the runs compare with each other."""
     base = saved_eval(tmp_path, "base", {1: 96.0}, headline=[50.0, 60.0])
     saved = json.loads(base.read_text())
-    saved["protocol"]["methods"] = ["pixel", "hausdorff"]
+    saved["protocol"].update(methods=["pixel", "hausdorff"], nll_vs_examples=[], nll_vs_classes=[])  # --tables none
     base.write_text(json.dumps(saved))
     a = saved_eval(tmp_path, "a", {1: 96.0}, headline=[100.0, 120.0, 90.0])
     b = saved_eval(tmp_path, "b", {1: 96.0}, headline=[98.0, 117.0, 89.0])
@@ -617,11 +617,28 @@ def test_varmem_compare_shows_no_bound_for_a_file_of_the_model_free_baselines_on
     assert "vs A (paired)" in out  # the first file with a bound is the reference
     row = next(line for line in out.splitlines() if line.strip().startswith("B "))
     assert row.rstrip().endswith("-2.00 ± 0.58"), row
+    header = next(line for line in out.splitlines() if line.split()[:1] == ["examples"])
+    assert "BASE" not in header and "B − A (unpaired)" in header, header  # the NLL tables: the files that have them
     saved["protocol"]["methods"] = ["pixel", "q_a"]  # a model's method too: its bound is a result
     base.write_text(json.dumps(saved))
     assert main(["compare", f"BASE={base}", f"A={a}"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("BASE "))
     assert "55.00 ± 5.00" in row, row
+
+
+def test_the_classification_table_shows_a_seed_row_only_where_the_seed_reports_one_of_its_tasks():
+    """The seeds report between-alphabet tasks: a table of within-alphabet tasks shows no empty seed row (and no
+    footnote for it); a between-alphabet task shows the seed's number."""
+    from varmem.models.eval.report import classification_table
+
+    def result(key):
+        return {"model": "vma", "classification": {key: {"q_a": {"accuracy": 0.5, "ci95": 0.01, "episodes": 10}}}}
+
+    within = classification_table([("A", result("20way1shot_within"))])
+    assert [row[0].strip() for row in within[2]] == ["A"] and not within[3]
+    between = classification_table([("A", result("20way1shot"))])  # between alphabets: no suffix
+    seeds = [row for row in between[2] if row[0].strip().startswith("seed")]
+    assert seeds and seeds[0][2] == "77.0", between[2]  # VMA §4.3: 20-way 1-shot by q(a|x)
 
 
 def test_varmem_compare(tmp_path, capsys):
