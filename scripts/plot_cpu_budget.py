@@ -21,8 +21,8 @@ TASKS = (("5way1shot_within", "5-way 1-shot"), ("20way1shot_within", "20-way 1-s
 METHODS = (("q_a", "q(a|x)"), ("likelihood", "likelihood"))
 BASELINES = (("hausdorff", "Hausdorff 26×26", ":"), ("hausdorff_native", "Hausdorff 105×105", "--"),
              ("pixel", "pixels", "-."))
-CELLS = (("c1_", "small1"), ("c2_", "strokes 10⁴"), ("c3_", "strokes → small1"), ("c4_", "+ augmentation"),
-         ("c5_", "3 CPU-h"))
+CELLS = (("c1_", "small1"), ("c2_", "strokes 10⁴"), ("c3_", "strokes →\nsmall1"), ("c4_", "+ augmentation"),
+         ("c5_", "the winner,\ncontinued"))
 
 
 def load(folder: Path) -> dict[str, dict]:
@@ -38,6 +38,17 @@ def load(folder: Path) -> dict[str, dict]:
 def entry(table: dict, task: str, method: str) -> tuple[float, float] | None:
     e = table.get(task, {}).get(method)
     return None if not e else (100 * e["accuracy"], 100 * (e.get("ci95") or 0.0))
+
+
+def episodes_note(evals: dict[str, dict], names: list[str]) -> str:
+    """The episode counts behind the error bars, read from the evaluations (per method, over ``names``)."""
+    parts = []
+    for method, label in METHODS:
+        counts = sorted({e["episodes"] for name in names for task, _ in TASKS
+                         if (e := evals[name].get(task, {}).get(method)) and e.get("episodes")})
+        if counts:
+            parts.append(f"{label} on {'/'.join(f'{c:,}' for c in counts)} episodes")
+    return "error bars: 95% intervals (" + ", ".join(parts) + ")" if parts else "error bars: 95% intervals"
 
 
 def baseline_lines(ax, evals: dict[str, dict], task: str) -> None:
@@ -84,8 +95,8 @@ def generator_value(evals: dict[str, dict], out: Path) -> Path | None:
         ax.set_title(f"{title} within the held-out alphabet", fontsize=10)
         ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     add_footnote(fig, f"VMA trained on strokes only, {', '.join(sorted(budgets))} CPU-s each (equal budgets), never shown "
-                      f"an Omniglot image; {seeds} training seed(s) per size; error bars: 95% intervals (q(a|x) on 1,000 "
-                      "episodes, likelihood on the first 50).")
+                      f"an Omniglot image; {seeds} training seed(s) per size; "
+                      f"{episodes_note(evals, [n for v in runs.values() for n in v])}.")
     return save_figure(fig, out / "generator_value.png")
 
 
@@ -107,8 +118,8 @@ def budget_cells(evals: dict[str, dict], out: Path) -> Path | None:
         ax.set_ylabel("accuracy on the held-out alphabet (%)")
         ax.set_title(f"{title} within the held-out alphabet", fontsize=10)
         ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-    add_footnote(fig, "VMA recipes at equal CPU budgets (the training process's CPU time); error bars: 95% intervals "
-                      "(q(a|x) on 1,000 episodes, likelihood on the first 50).")
+    add_footnote(fig, "VMA recipes at equal CPU budgets (the training process's CPU time); "
+                      f"{episodes_note(evals, [name for name, _ in cells])}.")
     return save_figure(fig, out / "budget_cells.png")
 
 
