@@ -95,7 +95,7 @@ def generator_value(evals: dict[str, dict], out: Path) -> Path | None:
         ax.set_title(f"{title} within the held-out alphabet", fontsize=10)
         ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     add_footnote(fig, f"VMA trained on strokes only, {', '.join(sorted(budgets))} CPU-s each (equal budgets), never shown "
-                      f"an Omniglot image; {seeds} training seed(s) per size; "
+                      "an Omniglot image; training seeds per size: " + ", ".join(f"{n:,}: {len(runs[n])}" for n in sizes) + "; "
                       f"{episodes_note(evals, [n for v in runs.values() for n in v])}.")
     return save_figure(fig, out / "generator_value.png")
 
