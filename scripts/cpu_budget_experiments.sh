@@ -194,7 +194,6 @@ c6() { echo "c6_strokes${1}_$SCALE_BUDGET${2:+_s$2}"; }  # c6 N [SEED]: seed 0 u
 kind_of() { case "$1" in small1) echo small1 ;; strokes) echo strokes ;; finetune) echo finetune ;; esac; }
 
 train_cells() {
-  local n
   job "$(c1)" small1 "$BUDGET"
   job "$(c2)" strokes "$BUDGET"
   job "$(c3)" finetune "$BUDGET"
