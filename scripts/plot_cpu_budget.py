@@ -21,7 +21,7 @@ TASKS = (("5way1shot_within", "5-way 1-shot"), ("20way1shot_within", "20-way 1-s
 METHODS = (("q_a", "q(a|x)"), ("likelihood", "likelihood"))
 BASELINES = (("hausdorff", "Hausdorff 26×26", ":"), ("hausdorff_native", "Hausdorff 105×105", "--"),
              ("pixel", "pixels", "-."))
-CELLS = (("c1_", "small1"), ("c2_", "strokes 10⁴"), ("c3_", "strokes →\nsmall1"), ("c4_", "+ augmentation"),
+CELLS = (("c1_", "small1"), ("c2_", "strokes 10⁴"), ("c3_", "strokes →\nsmall1"), ("c4_", "the best,\n+ rotations,\njitter"),
          ("c5_", "the winner,\ncontinued"))
 
 

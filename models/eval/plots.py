@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 from varmem.models.eval.nll_tables import OPTIMUM_NOTE
 
+CROWDED_LEGEND = 6  # more labelled lines than this: the legend goes beside the axes, not over the lines
+
 
 @dataclass
 class Series:
@@ -68,7 +70,11 @@ def line_plot(x: Sequence[Any], series: Sequence[Series], *, title: str, x_label
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    if any(s.label for s in series):
+    labelled = sum(1 for s in series if s.label)
+    if labelled > CROWDED_LEGEND:  # many runs: the legend beside the axes, where it covers no line
+        fig.set_figwidth(fig.get_figwidth() + 2.6)
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif labelled:
         ax.legend(fontsize=8, frameon=False)
     if footnote:
         add_footnote(fig, footnote)

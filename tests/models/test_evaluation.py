@@ -699,3 +699,23 @@ def test_varmem_compare_refuses_different_datasets_splits_or_k_and_pairs_the_sam
     c = saved_eval(tmp_path, "c", {1: 110.0, 2: 110.0}, per_episode=[0.09, -0.09], seed=2)
     assert main(["compare", f"A={a}", f"C={c}"]) == 0
     assert "C − A (unpaired)" in capsys.readouterr().out  # another seed: other episodes
+
+
+def test_a_crowded_line_plot_puts_its_legend_beside_the_axes_not_over_the_lines():
+    from varmem.plotting import figure_png
+
+    def extents(n):
+        series = [plots.Series(f"run {k}", [90.0 - k, 80.0 - k, 70.0 - k], [1.0] * 3) for k in range(n)]
+        fig = plots.line_plot([1, 2, 5], series, title="NLL vs examples", x_label="examples", y_label="NLL")
+        ax, legend = fig.axes[0], fig.axes[0].get_legend()
+        fig.canvas.draw()
+        axes_box, legend_box = ax.get_window_extent(), legend.get_window_extent()
+        labels = [t.get_text() for t in legend.get_texts()]
+        figure_png(fig)  # lays out and draws without error
+        return axes_box, legend_box, labels
+
+    axes_box, legend_box, labels = extents(plots.CROWDED_LEGEND + 5)
+    assert labels == [f"run {k}" for k in range(plots.CROWDED_LEGEND + 5)]
+    assert legend_box.x0 >= axes_box.x1  # beside the axes: it covers no data
+    axes_box, legend_box, _ = extents(2)
+    assert axes_box.x0 <= legend_box.x0 and legend_box.x1 <= axes_box.x1  # a short legend stays inside
